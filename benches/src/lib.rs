@@ -1,0 +1,1 @@
+//! Basalt benchmark programs; each is a binary under `src/bin/`.

@@ -1,0 +1,1 @@
+//! MemStorage: filled in by the codec/MemStorage work.
