@@ -1,1 +1,5 @@
-//! MemStorage: filled in by the codec/MemStorage work.
+//! MemStorage: placeholder until the codec/MemStorage work lands.
+
+/// In-memory storage (placeholder).
+#[derive(Clone, Default)]
+pub struct MemStorage;
