@@ -6,4 +6,10 @@
 //! `pread`/`pwrite`, and on the deterministic fault-injecting simulator.
 #![warn(missing_docs)]
 
+pub mod device;
 pub mod io;
+pub mod error;
+pub mod format;
+pub mod inspect;
+pub mod layout;
+pub mod log;

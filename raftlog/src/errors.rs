@@ -53,6 +53,10 @@ pub enum Error {
     /// Decoding failed.
     #[error(transparent)]
     Decode(#[from] crate::codec::DecodeError),
+    /// A snapshot request was not sent: this node is the leader, knows no leader, or already
+    /// has a request pending.
+    #[error("raft: request snapshot dropped")]
+    RequestSnapshotDropped,
     /// The request needs a leader and this node is not one.
     #[error("not leader")]
     NotLeader,

@@ -1,1 +1,2 @@
 //! Shared code of the Basalt binaries (`basalt`, `basalt-bench`).
+pub mod bench;

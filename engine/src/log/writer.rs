@@ -1,0 +1,706 @@
+//! The log writer: a plain state machine over an [`Io`] (events in: appends, compactions, device
+//! completions; actions out: device ops, acknowledgements), and a thread wrapper for real devices.
+//!
+//! Call order: [`LogStore::append`] queues a batch and returns its [`Ticket`];
+//! [`LogStore::poll`] submits the next device write when none is in flight (everything queued,
+//! up to `batch_bytes_max`, becomes one on-disk batch), reaps completions, applies durable batches
+//! to the index and returns the acknowledgements. A ticket is acknowledged only once its batch is
+//! durable; acknowledgements come in ticket order. At most one device write is in flight.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::index::BatchAt;
+use super::record::{
+    put_batch_header, put_summary, summarize, summary_len, ByteSink, Record, RegionSpan, BATCH_FLAG_CHECKPOINT,
+    BATCH_HEADER_LEN,
+};
+use super::{LogBatch, LogConfig, RegionLog, SharedRef};
+use crate::error::{EngineError, Result};
+use crate::io::{AlignedBuf, Completion, IoError, IoKind, IoOp};
+use crate::layout::block::{payload_capacity, seal, BLOCK_HEADER_LEN};
+use crate::layout::{Checkpoint, Superblock, SUPERBLOCK_LEN, SUPERBLOCK_OFFSETS};
+
+/// Identifies one appended batch; acknowledged once durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// The outcome of one appended batch.
+#[derive(Debug)]
+pub struct Ack {
+    /// The batch.
+    pub ticket: Ticket,
+    /// `Ok` once durable.
+    pub result: Result<()>,
+}
+
+/// Where the next batch goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WritePos {
+    pub segment: u32,
+    pub offset: u64,
+    pub sequence: u64,
+    pub prev_checksum: u32,
+    /// Summary of the previous batch, repeated in the next one.
+    pub prev_summary: Option<Vec<RegionSpan>>,
+}
+
+struct Pending {
+    ticket: Option<u64>,
+    records: Vec<Record>,
+    bytes: usize,
+    flags: u32,
+}
+
+struct BatchInFlight {
+    tickets: Vec<u64>,
+    records: Vec<Record>,
+    spans: Vec<Vec<(u32, u32)>>,
+    at: BatchAt,
+    blocks: u32,
+    checksum: u32,
+    flags: u32,
+    flushing: bool,
+    summary: Option<Vec<RegionSpan>>,
+}
+
+enum InFlight {
+    Batch(BatchInFlight),
+    Superblock { sb: Superblock, flushing: bool },
+}
+
+/// The writer of one store's log, and the owner of its device. See the module docs.
+pub struct LogStore {
+    shared: SharedRef,
+    config: LogConfig,
+    superblock: Superblock,
+    pos: WritePos,
+    queue: VecDeque<Pending>,
+    in_flight: Option<InFlight>,
+    next_ticket: u64,
+    next_tag: u64,
+    /// Projected last index per region, including queued batches (to refuse gaps at append).
+    projected_last: std::collections::HashMap<u64, u64>,
+    checkpoint_queued: bool,
+    superblock_wanted: Option<Checkpoint>,
+    latched: bool,
+    acks: Vec<Ack>,
+}
+
+impl LogStore {
+    pub(crate) fn from_parts(shared: SharedRef, config: LogConfig, superblock: Superblock, pos: WritePos) -> LogStore {
+        LogStore {
+            shared,
+            config,
+            superblock,
+            pos,
+            queue: VecDeque::new(),
+            in_flight: None,
+            next_ticket: 1,
+            next_tag: 1,
+            projected_last: Default::default(),
+            checkpoint_queued: false,
+            superblock_wanted: None,
+            latched: false,
+            acks: Vec::new(),
+        }
+    }
+
+    /// The handle serving `region_id`'s log to Raft.
+    pub fn region_log(&self, region_id: u64) -> RegionLog {
+        RegionLog::new(Arc::clone(&self.shared), region_id)
+    }
+
+    /// The superblock as last written.
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+
+    /// Region ids the log holds anything for.
+    pub fn region_ids(&self) -> Vec<u64> {
+        self.shared.index().region_ids()
+    }
+
+    /// `(tail, head)` segments of the log.
+    pub fn segment_extent(&self) -> (u32, u32) {
+        let ix = self.shared.index();
+        (ix.segments.tail(), ix.segments.head())
+    }
+
+    /// Where the next batch goes: `(segment, device offset, sequence number)`. Everything
+    /// acknowledged lies before it.
+    pub fn head_position(&self) -> (u32, u64, u64) {
+        (self.pos.segment, self.pos.offset, self.pos.sequence)
+    }
+
+    /// Batches queued or in flight, not yet acknowledged.
+    pub fn pending_count(&self) -> usize {
+        self.queue.len() + usize::from(matches!(self.in_flight, Some(InFlight::Batch(_))))
+    }
+
+    /// Bytes of entries held in the tail cache.
+    pub fn cache_bytes(&self) -> u64 {
+        self.shared.index().cache_bytes()
+    }
+
+    /// Queues `batch`; it is written with whatever else is queued by the next [`Self::poll`].
+    /// Refuses a batch that could never fit a segment and entries that leave a gap in a region's
+    /// log.
+    pub fn append(&mut self, batch: LogBatch) -> Result<Ticket> {
+        if self.latched {
+            return Err(EngineError::Latched);
+        }
+        let bytes = batch.encoded_len();
+        let max_bytes = self.segment_payload_max() - BATCH_HEADER_LEN;
+        if bytes > max_bytes {
+            return Err(EngineError::BatchTooLarge { size_bytes: bytes as u64, max_bytes: max_bytes as u64 });
+        }
+        self.check_refused(batch.records())?;
+        self.check_gaps(batch.records())?;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.queue.push_back(Pending { ticket: Some(ticket), records: batch.into_records(), bytes, flags: 0 });
+        Ok(Ticket(ticket))
+    }
+
+    /// Payload bytes one segment holds.
+    fn segment_payload_max(&self) -> usize {
+        let bs = self.shared.geometry.block_size as usize;
+        (self.shared.geometry.segment_size_bytes as usize / bs) * payload_capacity(bs)
+    }
+
+    fn check_refused(&self, records: &[Record]) -> Result<()> {
+        let ix = self.shared.index();
+        for r in records {
+            if let Some(f) = ix.refusal(r.region_id()) {
+                return Err(super::region_log::refused_error(r.region_id(), f));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_gaps(&mut self, records: &[Record]) -> Result<()> {
+        let mut updates: Vec<(u64, u64)> = Vec::new();
+        for r in records {
+            let (region_id, new_last, first) = match r {
+                Record::Entries { region_id, entries } => {
+                    (*region_id, entries[entries.len() - 1].index, Some(entries[0].index))
+                }
+                Record::Compact { region_id, index, .. } => (*region_id, *index, None),
+                _ => continue,
+            };
+            let last = updates
+                .iter()
+                .rev()
+                .find(|(r, _)| *r == region_id)
+                .map(|(_, l)| *l)
+                .unwrap_or_else(|| self.projected_last(region_id));
+            match first {
+                Some(first) if first > last + 1 => {
+                    return Err(EngineError::AppendGap { region_id, index: first, last_index: last })
+                }
+                Some(_) => updates.push((region_id, new_last)),
+                None => updates.push((region_id, last.max(new_last))),
+            }
+        }
+        self.projected_last.extend(updates);
+        Ok(())
+    }
+
+    fn projected_last(&self, region_id: u64) -> u64 {
+        self.projected_last.get(&region_id).copied().unwrap_or_else(|| {
+            self.shared.index().region(region_id).map_or(0, |r| r.last_index())
+        })
+    }
+
+    /// Queues a compaction of `region_id`'s log up to and including `index` (clamped to the
+    /// region's last index). Segments whose entries are all compacted are freed once the
+    /// compaction is durable (after the regions' latest states are restated in a checkpoint
+    /// batch, if some still live in them).
+    pub fn compact_to(&mut self, region_id: u64, index: u64) -> Result<Ticket> {
+        let (index, term) = {
+            let ix = self.shared.index();
+            let Some(r) = ix.region(region_id) else { return Err(EngineError::AppendGap { region_id, index, last_index: 0 }) };
+            let index = index.min(r.last_index());
+            (index, r.term(index).unwrap_or(r.compacted_term))
+        };
+        let rec = Record::Compact { region_id, index, term };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.queue.push_back(Pending { ticket: Some(ticket), bytes: rec.encoded_len(), records: vec![rec], flags: 0 });
+        Ok(Ticket(ticket))
+    }
+
+    /// Drives the device: starts the next write if none is in flight, reaps completions and
+    /// returns acknowledgements. With `wait`, blocks until at least one acknowledgement is ready
+    /// or nothing is left to do.
+    pub fn poll(&mut self, wait: bool) -> Result<Vec<Ack>> {
+        let mut completions = Vec::new();
+        loop {
+            if let Err(e) = self.start_next() {
+                self.latch_all(e);
+            }
+            if self.in_flight.is_none() || (!self.acks.is_empty() && !wait) {
+                break;
+            }
+            let block = wait && self.acks.is_empty();
+            {
+                let mut dev = self.shared.device();
+                completions.append(&mut dev.stash);
+                if completions.is_empty() {
+                    if let Err(e) = dev.io.reap(&mut completions, usize::from(block)) {
+                        drop(dev);
+                        self.latch_all(EngineError::Io { device: self.shared.label.clone(), source: e });
+                        break;
+                    }
+                }
+            }
+            if completions.is_empty() {
+                if block {
+                    continue;
+                }
+                break;
+            }
+            for c in completions.drain(..) {
+                self.handle_completion(c);
+            }
+            if !wait && self.in_flight.is_some() {
+                continue;
+            }
+        }
+        Ok(std::mem::take(&mut self.acks))
+    }
+
+    /// Appends `batch` and waits until it is durable.
+    pub fn write_sync(&mut self, batch: LogBatch) -> Result<()> {
+        let t = self.append(batch)?;
+        self.wait_for(t)
+    }
+
+    /// Waits until `ticket` is acknowledged; acknowledgements of other tickets are dropped.
+    pub fn wait_for(&mut self, ticket: Ticket) -> Result<()> {
+        loop {
+            let acks = self.poll(true)?;
+            if acks.is_empty() && self.in_flight.is_none() && self.queue.is_empty() {
+                return Err(EngineError::WriterStopped);
+            }
+            for a in acks {
+                if a.ticket == ticket {
+                    return a.result;
+                }
+            }
+        }
+    }
+
+    fn latch_all(&mut self, first: EngineError) {
+        warn!(device = %self.shared.label, error = %first, "log writer latched");
+        self.latched = true;
+        let mut first = Some(first);
+        let mut tickets: Vec<u64> = Vec::new();
+        if let Some(InFlight::Batch(b)) = self.in_flight.take() {
+            tickets.extend(b.tickets);
+        }
+        tickets.extend(self.queue.drain(..).filter_map(|p| p.ticket));
+        for t in tickets {
+            let result = Err(first.take().unwrap_or(EngineError::Latched));
+            self.acks.push(Ack { ticket: Ticket(t), result });
+        }
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    fn start_next(&mut self) -> Result<()> {
+        if self.in_flight.is_some() || self.latched {
+            return Ok(());
+        }
+        if let Some(cp) = self.superblock_wanted.take() {
+            return self.start_superblock(cp);
+        }
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        self.start_batch()
+    }
+
+    fn start_superblock(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        let sb = Superblock { sequence: self.superblock.sequence + 1, checkpoint, ..self.superblock };
+        let copy = self.superblock.next_copy();
+        let align = self.shared.device().io.geometry().block_size as usize;
+        let mut buf = AlignedBuf::new(SUPERBLOCK_LEN.max(align), align);
+        sb.encode(copy, &mut buf.as_mut_slice()[..SUPERBLOCK_LEN]);
+        let tag = self.tag();
+        let op = IoOp::Write { tag, offset: SUPERBLOCK_OFFSETS[copy], buf, durable: self.config.durable_writes };
+        self.submit(op)?;
+        self.in_flight = Some(InFlight::Superblock { sb, flushing: false });
+        Ok(())
+    }
+
+    fn submit(&mut self, op: IoOp) -> Result<()> {
+        let mut dev = self.shared.device();
+        let r = dev.io.submit(op).and_then(|_| dev.io.kick());
+        r.map_err(|source| EngineError::Io { device: self.shared.label.clone(), source })
+    }
+
+    /// Takes queued batches (at least one, then while they fit `batch_bytes_max`).
+    fn take_group(&mut self) -> Vec<Pending> {
+        let mut group = Vec::new();
+        let mut total = BATCH_HEADER_LEN;
+        let limit = (self.config.batch_bytes_max as usize).min(self.segment_payload_max());
+        while let Some(p) = self.queue.front() {
+            if !group.is_empty() && (total + p.bytes > limit || p.flags != 0) {
+                break;
+            }
+            total += p.bytes;
+            let p = self.queue.pop_front().expect("front checked");
+            let stop = p.flags != 0;
+            group.push(p);
+            if stop {
+                break;
+            }
+        }
+        group
+    }
+
+    fn start_batch(&mut self) -> Result<()> {
+        let mut group = self.take_group();
+        if group[0].flags & BATCH_FLAG_CHECKPOINT != 0 {
+            // Restate the states as they are now: every batch queued before this one is durable.
+            let records = self.shared.index().latest_state_records();
+            group[0].bytes = records.iter().map(Record::encoded_len).sum();
+            group[0].records = records;
+        }
+        let geo = self.shared.geometry;
+        let bs = geo.block_size as usize;
+        let cap = payload_capacity(bs);
+        let records_len = group.iter().map(|p| p.bytes).sum::<usize>();
+        let mut summary = self.pos.prev_summary.take();
+        if BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len > self.segment_payload_max() {
+            summary = None; // no room: recovery then treats the previous batch's contents as unknown
+        }
+        let payload_len = BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len;
+        let blocks = payload_len.div_ceil(cap);
+        let len_bytes = (blocks * bs) as u64;
+        assert!(len_bytes <= geo.segment_size_bytes, "batch of {len_bytes} bytes exceeds a segment");
+        if self.pos.offset + len_bytes > geo.segment_end(self.pos.segment) {
+            let advanced = self.shared.index_mut().segments.advance_head();
+            let Some(next) = advanced else {
+                // Fail this group and everything queued after it: later batches may continue the
+                // entries of this one.
+                let (segment_count, tail_segment) = (geo.segment_count, self.shared.index().segments.tail());
+                self.checkpoint_queued = false;
+                let rest: Vec<Pending> = self.queue.drain(..).collect();
+                for p in group.into_iter().chain(rest).filter_map(|p| p.ticket) {
+                    let result = Err(EngineError::LogFull { segment_count, tail_segment });
+                    self.acks.push(Ack { ticket: Ticket(p), result });
+                }
+                self.projected_last.clear();
+                return Ok(());
+            };
+            self.pos.segment = next;
+            self.pos.offset = geo.segment_offset(next);
+        }
+        let mut buf = self.take_buffer(blocks * bs);
+        let flags = group.iter().fold(0, |f, p| f | p.flags);
+        let mut tickets = Vec::with_capacity(group.len());
+        let mut records = Vec::new();
+        let mut spans = Vec::new();
+        {
+            let mut sink = BlockSink::new(buf.as_mut_slice(), bs);
+            sink.put(&[0u8; BATCH_HEADER_LEN]);
+            put_summary(&mut sink, summary.as_deref());
+            for p in group {
+                tickets.extend(p.ticket);
+                for r in p.records {
+                    let start = sink.stream_pos();
+                    let mut s = Vec::new();
+                    r.encode(&mut sink, |_, pos| s.push(((start + pos) as u32, 0)));
+                    if let Record::Entries { entries, .. } = &r {
+                        for (sp, e) in s.iter_mut().zip(entries) {
+                            sp.1 = (super::record::ENTRY_HEADER_LEN + e.context.len() + e.data.len()) as u32;
+                        }
+                    }
+                    spans.push(s);
+                    records.push(r);
+                }
+            }
+            assert_eq!(sink.stream_pos(), payload_len, "batch size estimate");
+        }
+        let checksum = self.seal_blocks(buf.as_mut_slice(), blocks, payload_len, records.len(), flags, summary.as_deref());
+        self.pos.prev_summary = summary;
+        let at = BatchAt { segment: self.pos.segment, offset: self.pos.offset, sequence: self.pos.sequence };
+        let tag = self.tag();
+        self.submit(IoOp::Write { tag, offset: at.offset, buf, durable: self.config.durable_writes })?;
+        let summary = summarize(&records);
+        let b = BatchInFlight { tickets, records, spans, at, blocks: blocks as u32, checksum, flags, flushing: false, summary };
+        self.in_flight = Some(InFlight::Batch(b));
+        Ok(())
+    }
+
+    fn take_buffer(&mut self, len: usize) -> AlignedBuf {
+        let align = self.shared.geometry.block_size as usize;
+        let mut dev = self.shared.device();
+        let pooled = if dev.io.pool().slot_size_bytes() >= len && dev.io.pool().align() % align == 0 {
+            dev.io.pool().take()
+        } else {
+            None
+        };
+        let mut buf = pooled.unwrap_or_else(|| AlignedBuf::new(len, align));
+        buf.set_len(len);
+        buf
+    }
+
+    /// Writes the batch header and seals every block; returns the batch's chain checksum.
+    fn seal_blocks(
+        &self,
+        buf: &mut [u8],
+        blocks: usize,
+        payload_len: usize,
+        records: usize,
+        flags: u32,
+        summary: Option<&[RegionSpan]>,
+    ) -> u32 {
+        let bs = self.shared.geometry.block_size as usize;
+        let cap = payload_capacity(bs);
+        put_batch_header(
+            &mut buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + BATCH_HEADER_LEN],
+            self.pos.prev_checksum,
+            records as u32,
+            payload_len as u32,
+            flags,
+            summary,
+        );
+        let mut chain = crc32fast::Hasher::new();
+        for i in 0..blocks {
+            let used = (payload_len - i * cap).min(cap);
+            let block = &mut buf[i * bs..(i + 1) * bs];
+            block[BLOCK_HEADER_LEN + used..].fill(0);
+            let offset = self.pos.offset + (i * bs) as u64;
+            let sum = seal(block, offset, self.shared.nonce, self.pos.sequence, i as u32, blocks as u32, used as u32);
+            chain.update(&sum.to_le_bytes());
+        }
+        chain.finalize()
+    }
+
+    fn handle_completion(&mut self, c: Completion) {
+        if let Some(buf) = c.buf {
+            self.shared.device().io.pool().give(buf);
+        }
+        if let Err(source) = c.result {
+            self.fail_in_flight(source);
+            return;
+        }
+        let needs_flush = c.kind == IoKind::Write && !self.config.durable_writes;
+        if needs_flush {
+            let tag = self.tag();
+            if let Err(e) = self.submit(IoOp::Flush { tag }) {
+                self.latch_all(e);
+                return;
+            }
+            match &mut self.in_flight {
+                Some(InFlight::Batch(b)) => b.flushing = true,
+                Some(InFlight::Superblock { flushing, .. }) => *flushing = true,
+                None => {}
+            }
+            return;
+        }
+        match self.in_flight.take() {
+            Some(InFlight::Batch(b)) => self.batch_durable(b),
+            Some(InFlight::Superblock { sb, .. }) => {
+                debug!(device = %self.shared.label, sequence = sb.sequence, tail = sb.checkpoint.segment, "superblock written");
+                self.shared.index_mut().segments.set_durable_tail(sb.checkpoint.segment);
+                self.superblock = sb;
+            }
+            None => {}
+        }
+    }
+
+    fn fail_in_flight(&mut self, source: IoError) {
+        self.latch_all(EngineError::Io { device: self.shared.label.clone(), source });
+    }
+
+    fn batch_durable(&mut self, b: BatchInFlight) {
+        let bs = self.shared.geometry.block_size as u64;
+        {
+            let mut ix = self.shared.index_mut();
+            ix.note_batch(b.at, self.pos.prev_checksum, b.blocks as u64 * bs);
+            for (r, s) in b.records.iter().zip(&b.spans) {
+                ix.apply(r, s, b.at, true);
+            }
+        }
+        self.pos.offset += b.blocks as u64 * bs;
+        self.pos.sequence += 1;
+        self.pos.prev_checksum = b.checksum;
+        self.pos.prev_summary = b.summary;
+        if b.flags & BATCH_FLAG_CHECKPOINT != 0 {
+            self.checkpoint_queued = false;
+        }
+        for t in b.tickets {
+            self.acks.push(Ack { ticket: Ticket(t), result: Ok(()) });
+        }
+        self.free_segments();
+    }
+
+    /// Frees dead segments at the tail; queues a checkpoint batch when only restatable states
+    /// pin the tail, and a superblock write when the tail moved.
+    fn free_segments(&mut self) {
+        let mut ix = self.shared.index_mut();
+        let mut moved = false;
+        while ix.segments.tail() != ix.segments.head() && ix.segment_is_dead(ix.segments.tail()) {
+            ix.segments.free_tail();
+            moved = true;
+        }
+        let tail = ix.segments.tail();
+        if moved {
+            let cp = ix.segments.usage(tail).first_batch;
+            debug!(device = %self.shared.label, tail, "segments freed");
+            self.superblock_wanted = cp.or(self.superblock_wanted);
+        }
+        if tail != ix.segments.head() && !self.checkpoint_queued && ix.segment_entries_dead(tail) {
+            // Its records are filled in when it is written (see `start_batch`).
+            self.queue.push_back(Pending { ticket: None, records: Vec::new(), bytes: 0, flags: BATCH_FLAG_CHECKPOINT });
+            self.checkpoint_queued = true;
+        }
+    }
+}
+
+/// Writes a byte stream into the payload areas of consecutive blocks.
+struct BlockSink<'a> {
+    buf: &'a mut [u8],
+    block_size: usize,
+    pos: usize,
+}
+
+impl<'a> BlockSink<'a> {
+    fn new(buf: &'a mut [u8], block_size: usize) -> BlockSink<'a> {
+        BlockSink { buf, block_size, pos: 0 }
+    }
+
+    fn stream_pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl ByteSink for BlockSink<'_> {
+    fn put(&mut self, mut bytes: &[u8]) {
+        let cap = payload_capacity(self.block_size);
+        while !bytes.is_empty() {
+            let (block, at) = (self.pos / cap, self.pos % cap);
+            let n = bytes.len().min(cap - at);
+            let start = block * self.block_size + BLOCK_HEADER_LEN + at;
+            self.buf[start..start + n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            self.pos += n;
+        }
+    }
+}
+
+/// A [`LogStore`] on its own thread, for real devices: appends arrive over a channel and each
+/// batch's callback runs on the writer thread once the batch is durable (or failed).
+pub struct LogWriterThread {
+    tx: Option<crossbeam_channel::Sender<WriterMsg>>,
+    join: Option<std::thread::JoinHandle<LogStore>>,
+    region_logs: Box<dyn Fn(u64) -> RegionLog + Send + Sync>,
+}
+
+/// Called once a batch is durable (or failed).
+pub type AckCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+enum WriterMsg {
+    Append(LogBatch, AckCallback),
+    Compact(u64, u64),
+}
+
+impl LogWriterThread {
+    /// Moves `store` onto a new thread.
+    pub fn spawn(store: LogStore) -> LogWriterThread {
+        let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(4096);
+        let shared = Arc::clone(&store.shared);
+        let join = std::thread::Builder::new()
+            .name("basalt-log-writer".into())
+            .spawn(move || writer_loop(store, rx))
+            .expect("spawning the log writer thread");
+        let region_logs = Box::new(move |region_id| RegionLog::new(Arc::clone(&shared), region_id));
+        LogWriterThread { tx: Some(tx), join: Some(join), region_logs }
+    }
+
+    /// Queues `batch`; `done` runs once it is durable.
+    pub fn append(&self, batch: LogBatch, done: AckCallback) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
+        tx.send(WriterMsg::Append(batch, done)).map_err(|_| EngineError::WriterStopped)
+    }
+
+    /// Queues a compaction of `region_id` up to `index`.
+    pub fn compact_to(&self, region_id: u64, index: u64) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
+        tx.send(WriterMsg::Compact(region_id, index)).map_err(|_| EngineError::WriterStopped)
+    }
+
+    /// The Storage handle of a region.
+    pub fn region_log(&self, region_id: u64) -> RegionLog {
+        (self.region_logs)(region_id)
+    }
+
+    /// Stops the thread once everything queued is written, and hands the store back.
+    pub fn stop(mut self) -> Result<LogStore> {
+        self.tx.take();
+        let join = self.join.take().ok_or(EngineError::WriterStopped)?;
+        join.join().map_err(|_| EngineError::WriterStopped)
+    }
+}
+
+impl Drop for LogWriterThread {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) -> LogStore {
+    let mut callbacks: std::collections::HashMap<u64, AckCallback> = Default::default();
+    let mut open = true;
+    loop {
+        let idle = store.in_flight.is_none() && store.queue.is_empty();
+        if idle && !open {
+            return store;
+        }
+        let first = if idle { rx.recv().ok() } else { rx.try_recv().ok() };
+        if first.is_none() && idle {
+            open = false;
+            continue;
+        }
+        for msg in first.into_iter().chain(rx.try_iter()) {
+            match msg {
+                WriterMsg::Append(batch, done) => match store.append(batch) {
+                    Ok(t) => {
+                        callbacks.insert(t.0, done);
+                    }
+                    Err(e) => done(Err(e)),
+                },
+                WriterMsg::Compact(region_id, index) => {
+                    if let Err(e) = store.compact_to(region_id, index) {
+                        warn!(region_id, index, error = %e, "compaction refused");
+                    }
+                }
+            }
+        }
+        let acks = match store.poll(true) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "log writer poll failed");
+                Vec::new()
+            }
+        };
+        for a in acks {
+            if let Some(cb) = callbacks.remove(&a.ticket.0) {
+                cb(a.result);
+            }
+        }
+    }
+}

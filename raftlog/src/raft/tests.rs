@@ -1,0 +1,195 @@
+//! Unit tests of the core's internals that the RawNode-level tests in `tests/` cannot see
+//! directly: which queue a message lands in (send now vs after persisting), answers to stale
+//! terms, priority votes, the unapplied-conf-change campaign guard, append batching, and the
+//! commit spreading that never overruns a silent follower's window.
+
+use super::*;
+use crate::storage::MemStorage;
+use crate::types::{ConfState, Entry, EntryType};
+
+fn raft(id: u64, voters: &[u64], tweak: impl Fn(&mut Config)) -> Raft<MemStorage> {
+    let store = MemStorage::new_with_conf_state(ConfState::from_voters(voters.to_vec()));
+    let mut c = Config {
+        rng_seed: 1,
+        pre_vote: false,
+        check_quorum: false,
+        ..Config::new(id)
+    };
+    tweak(&mut c);
+    Raft::new(&c, store).unwrap()
+}
+
+/// Makes `r` leader of term 1 with every peer's entries (the no-op) acknowledged.
+fn leader(voters: &[u64], tweak: impl Fn(&mut Config)) -> Raft<MemStorage> {
+    let mut r = raft(1, voters, tweak);
+    r.become_candidate();
+    r.become_leader();
+    let (idx, term) = (r.raft_log.last_index(), r.term);
+    let ents = r.raft_log.unstable_entries().to_vec();
+    r.raft_log.mut_store().wl().append(&ents).unwrap();
+    r.on_persist_entries(idx, term);
+    for &p in &voters[1..] {
+        let m = Message {
+            msg_type: MessageType::MsgAppendResponse,
+            from: p,
+            to: 1,
+            term,
+            index: idx,
+            ..Default::default()
+        };
+        r.step(m).unwrap();
+    }
+    r.msgs.clear();
+    r.msgs_after_persist.clear();
+    r
+}
+
+#[test]
+fn leader_appends_go_out_at_once_follower_answers_after_persisting() {
+    let mut l = leader(&[1, 2, 3], |_| {});
+    l.step(Message {
+        msg_type: MessageType::MsgPropose,
+        from: 1,
+        entries: vec![Entry::new(0, 0, b"x".to_vec())],
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(l.msgs.iter().all(|m| m.msg_type == MessageType::MsgAppend) && l.msgs.len() == 2);
+    assert!(l.msgs_after_persist.is_empty());
+
+    let mut f = raft(2, &[1, 2, 3], |_| {});
+    let append = l.msgs[0].clone();
+    f.step(Message { to: 2, ..append }).unwrap();
+    assert!(f.msgs.is_empty(), "a follower's answer promises durability");
+    assert_eq!(
+        f.msgs_after_persist[0].msg_type,
+        MessageType::MsgAppendResponse
+    );
+}
+
+#[test]
+fn stale_append_is_answered_with_the_newer_term() {
+    let mut f = raft(2, &[1, 2, 3], |c| c.check_quorum = true);
+    f.become_follower(5, 3);
+    f.step(Message {
+        msg_type: MessageType::MsgAppend,
+        from: 1,
+        to: 2,
+        term: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let resp = &f.msgs_after_persist[0];
+    assert_eq!(
+        (resp.msg_type, resp.term, resp.to),
+        (MessageType::MsgAppendResponse, 5, 1)
+    );
+}
+
+#[test]
+fn equal_logs_refuse_votes_to_lower_priority() {
+    let mut r = raft(2, &[1, 2, 3], |c| c.priority = 5);
+    let vote = |prio| Message {
+        msg_type: MessageType::MsgRequestVote,
+        from: 1,
+        to: 2,
+        term: 1,
+        priority: prio,
+        ..Default::default()
+    };
+    r.step(vote(1)).unwrap();
+    assert!(r.msgs_after_persist.pop().unwrap().reject);
+    r.step(vote(5)).unwrap();
+    assert!(!r.msgs_after_persist.pop().unwrap().reject);
+    assert_eq!(r.vote, 1);
+}
+
+#[test]
+fn committed_unapplied_conf_change_blocks_campaign() {
+    let mut r = raft(1, &[1, 2, 3], |_| {});
+    let cc = Entry {
+        entry_type: EntryType::EntryConfChangeV2,
+        term: 1,
+        index: 1,
+        ..Default::default()
+    };
+    r.raft_log.mut_store().wl().append(&[cc]).unwrap();
+    r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
+    r.raft_log.commit_to(1);
+    r.hup(false);
+    assert_eq!(r.state, StateRole::Follower);
+    r.commit_apply(1);
+    r.hup(false);
+    assert_eq!(r.state, StateRole::Candidate);
+}
+
+#[test]
+fn batch_append_merges_consecutive_appends_to_a_peer() {
+    let mut l = leader(&[1, 2], |c| c.batch_append = true);
+    for d in [b"a", b"b", b"c"] {
+        l.step(Message {
+            msg_type: MessageType::MsgPropose,
+            from: 1,
+            entries: vec![Entry::new(0, 0, d.to_vec())],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    assert_eq!(l.msgs.len(), 1);
+    assert_eq!(l.msgs[0].entries.len(), 3);
+}
+
+#[test]
+fn commit_is_not_broadcast_to_a_follower_with_appends_in_flight() {
+    let mut l = leader(&[1, 2, 3], |_| {});
+    let prop = Message {
+        msg_type: MessageType::MsgPropose,
+        from: 1,
+        entries: vec![Entry::new(0, 0, b"x".to_vec())],
+        ..Default::default()
+    };
+    l.step(prop).unwrap();
+    let (idx, term) = (l.raft_log.last_index(), l.term);
+    let ents = l.raft_log.unstable_entries().to_vec();
+    l.raft_log.mut_store().wl().append(&ents).unwrap();
+    l.on_persist_entries(idx, term);
+    l.msgs.clear();
+    let ack = Message {
+        msg_type: MessageType::MsgAppendResponse,
+        from: 2,
+        to: 1,
+        term,
+        index: idx,
+        commit: idx - 1,
+        ..Default::default()
+    };
+    l.step(ack.clone()).unwrap();
+    assert_eq!(l.raft_log.committed, idx);
+    let to: Vec<u64> = l.msgs.iter().map(|m| m.to).collect();
+    assert_eq!(
+        to,
+        vec![2],
+        "3 still has the append in flight; its ack brings the commit"
+    );
+    // Once 2 reports the new commit, nothing more is sent: no append/ack ping-pong.
+    l.msgs.clear();
+    l.step(Message { commit: idx, ..ack }).unwrap();
+    assert!(l.msgs.is_empty());
+}
+
+#[test]
+fn requested_snapshot_is_sent_even_to_a_replicating_follower() {
+    let mut l = leader(&[1, 2], |_| {});
+    l.commit_apply(1);
+    l.raft_log.store.create_snapshot(1, None, b"s".to_vec()).unwrap();
+    let mut f = raft(2, &[1, 2], |_| {});
+    f.become_follower(1, 1);
+    f.raft_log.append(&[Entry::new(1, 1, Vec::new())]);
+    f.request_snapshot(1).unwrap();
+    assert_eq!(f.request_snapshot(1), Err(crate::Error::RequestSnapshotDropped), "one request at a time");
+    let req = f.msgs_after_persist.pop().unwrap();
+    assert!(req.reject && req.request_snapshot == 1);
+    l.step(req).unwrap();
+    let snap = l.msgs.iter().find(|m| m.msg_type == MessageType::MsgSnapshot).expect("snapshot sent");
+    assert_eq!(snap.snapshot.as_ref().map(|s| s.metadata.index), Some(1));
+}
