@@ -43,6 +43,9 @@ if [ "$(stat -f -c %T "$dir")" = tmpfs ]; then
   exit 1
 fi
 file="$dir/scratch.dat"
+errlog="$dir/stderr.log" # warnings of the runs (e.g. the log discarding a stale tail after format)
+: >"$errlog"
+trap 'echo "fio_compare: a run failed; its messages are in $errlog" >&2' ERR
 size_mib=$(( $(numfmt --from=iec "${size^^}") / 1048576 ))
 # Written once in full, so neither tool measures the file system allocating blocks.
 rm -f "$file"
@@ -61,21 +64,21 @@ fio_run() {
   case $rw in *read) dir_key=read ;; esac
   fio --name=fio --filename="$target" --size="$size" --rw="$rw" --bs="$bs" --iodepth="$depth" \
       --ioengine="$engine" --direct=1 --fdatasync="$fsync" --runtime="$runtime_s" --time_based \
-      --randrepeat=0 --output-format=json 2>/dev/null | jq ".jobs[0].$dir_key.iops"
+      --randrepeat=0 --output-format=json 2>>"$errlog" | jq ".jobs[0].$dir_key.iops"
 }
 
 # bb_device RW BS IODEPTH ENGINE FDATASYNC -> IOPS
 bb_device() {
   "$bench" --target=device --name=bb --filename="$target" --size="$size" --rw="$1" --bs="$2" \
     --iodepth="$3" --ioengine="$4" --fdatasync="$5" --direct=1 --runtime="$runtime_s" \
-    --time_based --force --output-format=json | jq '.jobs[0].basalt.iops'
+    --time_based --force --output-format=json 2>>"$errlog" | jq '.jobs[0].basalt.iops'
 }
 
 # bb_log REGIONS ENTRY_SIZE ENTRIES_PER_WRITE NUMJOBS [EXTRA...] -> JSON basalt block of the job
 bb_log() {
   "$bench" --target=log --name=bb-log --filename="$target" --size="$size" --regions="$1" \
     --entry-size="$2" --entries-per-write="$3" --numjobs="$4" --runtime="$runtime_s" \
-    --time_based --force --output-format=json "${@:5}" | jq -c '.jobs[0].basalt'
+    --time_based --force --output-format=json "${@:5}" 2>>"$errlog" | jq -c '.jobs[0].basalt'
 }
 
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b + 0 > a + 0) ? b : a }'; }
@@ -102,38 +105,32 @@ for spec in "randwrite 4k 32 0" "write 4k 1 1"; do
 done
 
 # ---- (b) log synced appends vs the raw synced write limit at the same write size ---------------
-declare -A raw_iops=()
-raw_limit() { # BS_BYTES -> fio IOPS of synced sequential writes of that size (cached)
-  local bs=$1
-  if [ -z "${raw_iops[$bs]:-}" ]; then
-    local best=0
-    for ((i = 0; i < repeat; i++)); do best=$(max "$best" "$(fio_run write "$bs" 1 io_uring 1)"); done
-    raw_iops[$bs]=$best
-  fi
-  echo "${raw_iops[$bs]}"
-}
+# Each case alternates basalt-bench and fio (synced sequential writes of the log's mean write size,
+# rounded up to whole 4 KiB blocks, as measured by the first log run), best of $repeat each.
+write_size() { jq '.device_write_bytes_mean // 0' <<<"$1" | awk '{ n = int(($1 + 4095) / 4096); if (n < 1) n = 1; print n * 4096 }'; }
 declare -A entries_s=()
 for regions in 1 100; do
   for entry in 256 4096; do
     for mode in "1 1" "64 1" "1 8"; do
       read -r epw jobs <<<"$mode"
       [ "$jobs" -gt "$regions" ] && continue
-      json='{}'
-      for ((i = 0; i < repeat; i++)); do
+      json=$(bb_log "$regions" "$entry" "$epw" "$jobs")
+      bs=$(write_size "$json")
+      f=$(fio_run write "$bs" 1 io_uring 1)
+      for ((i = 1; i < repeat; i++)); do
         run=$(bb_log "$regions" "$entry" "$epw" "$jobs")
         json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$json $run")
+        f=$(max "$f" "$(fio_run write "$bs" 1 io_uring 1)")
       done
       eps=$(jq '.entries_per_s // 0' <<<"$json")
       wps=$(jq '.device_writes_per_s // 0' <<<"$json")
-      wbytes=$(jq '.device_write_bytes_mean // 0' <<<"$json")
       cpu=$(jq '.cpu_us_per_entry // 0' <<<"$json")
+      p99=$(jq '.latency_us_p99 // 0' <<<"$json")
       entries_s["$regions/$entry/$epw/$jobs"]=$eps
-      bs=$(awk -v b="$wbytes" 'BEGIN { n = int((b + 4095) / 4096); if (n < 1) n = 1; print n * 4096 }')
-      f=$(raw_limit "$bs")
       r=$(ratio "$wps" "$f")
       label="(b) log r=$regions e=${entry}B epw=$epw jobs=$jobs writes/s @${bs}B"
       row "$label" "$(printf %.0f "$wps")" "$(printf %.0f "$f")" "$r" 0.85 "$(verdict "$r" 0.85)"
-      row "      entries/s (cpu $(printf %.1f "$cpu") us/entry)" "$(printf %.0f "$eps")" "" "" "" ""
+      row "      entries/s (cpu $(printf %.1f "$cpu") us/entry, p99 $(printf %.0f "$p99") us)" "$(printf %.0f "$eps")" "" "" "" ""
     done
   done
 done
@@ -146,7 +143,7 @@ for entry in 256 4096; do
     grouped=${entries_s["100/$entry/$epw/$jobs"]}
     r=$(ratio "$grouped" "$single")
     if [ "$jobs" -gt 1 ]; then # N writers of one entry each group at most N entries per flush
-      row "(c) r=100 e=${entry}B epw=$epw jobs=$jobs vs epw=1 entries/s" "$(printf %.0f "$grouped")" "$(printf %.0f "$single")" "$r" "<=$jobs" ""
+      row "(c) r=100 e=${entry}B epw=$epw jobs=$jobs vs epw=1 entries/s" "$(printf %.0f "$grouped")" "$(printf %.0f "$single")" "$r" "n/a" ""
     else
       row "(c) r=100 e=${entry}B epw=$epw jobs=$jobs vs epw=1 entries/s" "$(printf %.0f "$grouped")" "$(printf %.0f "$single")" "$r" 20 "$(verdict "$r" 20)"
     fi
@@ -166,3 +163,5 @@ json=$(bb_log 100 4096 64 1 --recover)
 gb_s=$(jq '.recovery_gb_s // 0' <<<"$json")
 scanned=$(jq '.recovery_scanned_bytes // 0' <<<"$json")
 row "(e) recovery scan after r=100 e=4KiB epw=64, GB/s" "$(printf %.2f "$gb_s")" "$((scanned / 1048576)) MiB" "" "" ""
+echo
+echo "warnings and errors of the runs: $errlog ($(wc -l <"$errlog") lines)"

@@ -3,7 +3,8 @@
 //! [`probe`] reads the shape of a path without opening it for writing; [`open`] opens it for
 //! direct I/O and wraps it in an [`Io`] backend. Block devices are sized with `BLKGETSIZE64`,
 //! their logical block size read with `BLKSSZGET`, and they are opened `O_EXCL` so that a mounted
-//! device or one used by another store is refused (`DeviceError::Busy`). Regular files use a
+//! device or one used by another store is refused (`DeviceError::Busy`, after retrying for
+//! 100 ms: the kernel also claims a device briefly while another process tries to configure it). Regular files use a
 //! block size of 4096 bytes, or the file system's direct-I/O offset alignment (`statx`
 //! `STATX_DIOALIGN`) when that is larger. Every failure is a [`DeviceError`] naming the path.
 
@@ -299,6 +300,13 @@ fn create_or_extend(path: &Path, size: u64) -> Result<(), DeviceError> {
     Ok(())
 }
 
+/// Attempts at an `O_EXCL` open that fails with EBUSY, and the pause between them. The kernel
+/// claims a block device for a moment when another process merely tries to configure it (a
+/// concurrent `losetup -f` probing a bound loop device does), so a single EBUSY is not proof
+/// that the device is in use; a mounted or held device is still refused after 100 ms.
+const BUSY_ATTEMPTS: u32 = 10;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 fn open_file(path: &Path, kind: DeviceKind, direct: bool) -> Result<File, DeviceError> {
     let mut flags = libc::O_CLOEXEC;
     if direct {
@@ -307,12 +315,23 @@ fn open_file(path: &Path, kind: DeviceKind, direct: bool) -> Result<File, Device
     if kind == DeviceKind::BlockDevice {
         flags |= libc::O_EXCL;
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|e| os_error(path, e))
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let mut attempt = 1;
+    loop {
+        match open() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < BUSY_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            other => return other.map_err(|e| os_error(path, e)),
+        }
+    }
 }
 
 /// One direct read of the first block proves the block size satisfies `O_DIRECT`'s alignment

@@ -24,7 +24,9 @@ pub enum EngineError {
         detail: String,
     },
     /// The device holds another filesystem, volume or partition table.
-    #[error("{device}: holds a {what} signature at offset {offset}; refusing to format without --force")]
+    #[error(
+        "{device}: holds a {what} signature at offset {offset}; refusing to format without --force"
+    )]
     ForeignSignature {
         /// The device.
         device: String,
@@ -130,7 +132,9 @@ pub enum EngineError {
         max_bytes: u64,
     },
     /// Entries appended for a region do not follow its log.
-    #[error("region {region_id}: entries from index {index} leave a gap after last index {last_index}")]
+    #[error(
+        "region {region_id}: entries from index {index} leave a gap after last index {last_index}"
+    )]
     AppendGap {
         /// The region.
         region_id: u64,
@@ -138,6 +142,12 @@ pub enum EngineError {
         index: u64,
         /// The region's last index.
         last_index: u64,
+    },
+    /// The log holds nothing for this region.
+    #[error("region {region_id}: nothing in the log")]
+    UnknownRegion {
+        /// The region.
+        region_id: u64,
     },
     /// An earlier write or flush failed; the store must be reopened.
     #[error("a previous I/O error latched the log; reopen the store")]

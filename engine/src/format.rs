@@ -12,8 +12,8 @@ use crate::io::{run_one, AlignedBuf, Io, IoOp};
 use crate::layout::segment::{Geometry, GeometryError};
 use crate::layout::superblock::SuperblockDefect;
 use crate::layout::{
-    Checkpoint, Superblock, BLOCK_SIZE_DEFAULT, FORMAT_VERSION, KIB, SEGMENT_SIZE_DEFAULT, SUPERBLOCK_LEN,
-    SUPERBLOCK_OFFSETS,
+    Checkpoint, Superblock, BLOCK_SIZE_DEFAULT, FORMAT_VERSION, KIB, SEGMENT_SIZE_DEFAULT,
+    SUPERBLOCK_LEN, SUPERBLOCK_OFFSETS,
 };
 use crate::log::recovery::{recover, RecoveryReport};
 use crate::log::writer::WritePos;
@@ -56,7 +56,9 @@ impl FormatOptions {
 /// A random `u64` from the standard library's per-process random hasher keys, mixed with the time.
 pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     h.write_u128(now.as_nanos());
     h.write_u32(std::process::id());
     h.finish()
@@ -67,7 +69,9 @@ pub const SIGNATURE_SCAN_BYTES: u64 = 128 * KIB;
 
 /// A known foreign signature in the first [`SIGNATURE_SCAN_BYTES`] of `head`: `(what, offset)`.
 pub fn foreign_signature(head: &[u8]) -> Option<(&'static str, u64)> {
-    let at = |off: usize, magic: &[u8]| head.len() >= off + magic.len() && &head[off..off + magic.len()] == magic;
+    let at = |off: usize, magic: &[u8]| {
+        head.len() >= off + magic.len() && &head[off..off + magic.len()] == magic
+    };
     let table: [(&'static str, usize, &[u8]); 10] = [
         ("XFS", 0, b"XFSB"),
         ("LUKS", 0, b"LUKS\xba\xbe"),
@@ -80,19 +84,36 @@ pub fn foreign_signature(head: &[u8]) -> Option<(&'static str, u64)> {
         ("btrfs", 65600, b"_BHRfS_M"),
         ("MBR partition table", 510, &[0x55, 0xaa]),
     ];
-    table.iter().find(|(_, off, magic)| at(*off, magic)).map(|(what, off, _)| (*what, *off as u64))
+    table
+        .iter()
+        .find(|(_, off, magic)| at(*off, magic))
+        .map(|(what, off, _)| (*what, *off as u64))
 }
 
 fn io_err(label: &str) -> impl Fn(crate::io::IoError) -> EngineError + '_ {
-    move |source| EngineError::Io { device: label.to_string(), source }
+    move |source| EngineError::Io {
+        device: label.to_string(),
+        source,
+    }
 }
 
 fn read(io: &mut dyn Io, label: &str, offset: u64, len: usize) -> Result<AlignedBuf> {
     let align = io.geometry().block_size as usize;
     let buf = AlignedBuf::new(len.div_ceil(align) * align, align);
-    let c = run_one(io, IoOp::Read { tag: 1, offset, buf }).map_err(io_err(label))?;
+    let c = run_one(
+        io,
+        IoOp::Read {
+            tag: 1,
+            offset,
+            buf,
+        },
+    )
+    .map_err(io_err(label))?;
     c.result.map_err(io_err(label))?;
-    c.buf.ok_or(EngineError::Io { device: label.into(), source: crate::io::IoError::Injected("read without buffer") })
+    c.buf.ok_or(EngineError::Io {
+        device: label.into(),
+        source: crate::io::IoError::Injected("read without buffer"),
+    })
 }
 
 /// Checks the device's logical block size against the superblock I/O and the store block size.
@@ -120,12 +141,17 @@ fn check_block_size(io: &dyn Io, label: &str, block_size: u32) -> Result<()> {
 pub fn format(io: &mut dyn Io, opts: &FormatOptions) -> Result<Superblock> {
     let label = opts.device_label.as_str();
     let capacity = io.geometry().capacity_bytes;
-    let geo = Geometry::plan(capacity, opts.block_size, opts.segment_size_bytes).map_err(|e| match e {
-        GeometryError::Invalid(key, reason) => EngineError::InvalidConfig { key, reason },
-        GeometryError::TooSmall(min_bytes) => {
-            EngineError::DeviceTooSmall { device: label.into(), size_bytes: capacity, min_bytes }
-        }
-    })?;
+    let geo =
+        Geometry::plan(capacity, opts.block_size, opts.segment_size_bytes).map_err(
+            |e| match e {
+                GeometryError::Invalid(key, reason) => EngineError::InvalidConfig { key, reason },
+                GeometryError::TooSmall(min_bytes) => EngineError::DeviceTooSmall {
+                    device: label.into(),
+                    size_bytes: capacity,
+                    min_bytes,
+                },
+            },
+        )?;
     check_block_size(io, label, opts.block_size)?;
     if !opts.force {
         refuse_if_in_use(io, label)?;
@@ -134,22 +160,37 @@ pub fn format(io: &mut dyn Io, opts: &FormatOptions) -> Result<Superblock> {
         version: FORMAT_VERSION,
         sequence: 0,
         store_id: opts.store_id.unwrap_or_else(random_u64),
-        cluster_id: opts.cluster_id.unwrap_or_else(|| (random_u64() as u128) << 64 | random_u64() as u128),
+        cluster_id: opts
+            .cluster_id
+            .unwrap_or_else(|| (random_u64() as u128) << 64 | random_u64() as u128),
         format_nonce: opts.format_nonce.unwrap_or_else(random_u64),
         block_size: geo.block_size,
         segment_size_bytes: geo.segment_size_bytes,
         segment_count: geo.segment_count,
         device_size_bytes: capacity,
         data_start_offset: geo.data_start_offset,
-        checkpoint: Checkpoint { segment: 0, offset: geo.segment_offset(0), sequence: 1, prev_checksum: 0 },
+        checkpoint: Checkpoint {
+            segment: 0,
+            offset: geo.segment_offset(0),
+            sequence: 1,
+            prev_checksum: 0,
+        },
     };
     let align = io.geometry().block_size as usize;
-    for copy in 0..2 {
+    for (copy, &offset) in SUPERBLOCK_OFFSETS.iter().enumerate() {
         sb.sequence = copy as u64;
         let mut buf = AlignedBuf::new(SUPERBLOCK_LEN, align);
         sb.encode(copy, buf.as_mut_slice());
-        let c = run_one(io, IoOp::Write { tag: 1, offset: SUPERBLOCK_OFFSETS[copy], buf, durable: true })
-            .map_err(io_err(label))?;
+        let c = run_one(
+            io,
+            IoOp::Write {
+                tag: 1,
+                offset,
+                buf,
+                durable: true,
+            },
+        )
+        .map_err(io_err(label))?;
         c.result.map_err(io_err(label))?;
     }
     let c = run_one(io, IoOp::Flush { tag: 2 }).map_err(io_err(label))?;
@@ -162,21 +203,42 @@ pub fn format(io: &mut dyn Io, opts: &FormatOptions) -> Result<Superblock> {
 fn refuse_if_in_use(io: &mut dyn Io, label: &str) -> Result<()> {
     let copies = read_superblocks(io, label)?;
     if let Some((_, sb)) = Superblock::newest(&copies) {
-        return Err(EngineError::AlreadyFormatted { device: label.into(), store_id: sb.store_id, cluster_id: sb.cluster_id });
+        return Err(EngineError::AlreadyFormatted {
+            device: label.into(),
+            store_id: sb.store_id,
+            cluster_id: sb.cluster_id,
+        });
     }
-    if copies.iter().any(|c| !matches!(c, Err(SuperblockDefect::NoMagic))) {
-        return Err(EngineError::AlreadyFormatted { device: label.into(), store_id: 0, cluster_id: 0 });
+    if copies
+        .iter()
+        .any(|c| !matches!(c, Err(SuperblockDefect::NoMagic)))
+    {
+        return Err(EngineError::AlreadyFormatted {
+            device: label.into(),
+            store_id: 0,
+            cluster_id: 0,
+        });
     }
     let head = read(io, label, 0, SIGNATURE_SCAN_BYTES as usize)?;
     if let Some((what, offset)) = foreign_signature(head.as_slice()) {
-        return Err(EngineError::ForeignSignature { device: label.into(), what, offset });
+        return Err(EngineError::ForeignSignature {
+            device: label.into(),
+            what,
+            offset,
+        });
     }
     Ok(())
 }
 
 /// Reads and verifies both superblock copies.
-pub fn read_superblocks(io: &mut dyn Io, label: &str) -> Result<[std::result::Result<Superblock, SuperblockDefect>; 2]> {
-    let mut out = [Err(SuperblockDefect::NoMagic), Err(SuperblockDefect::NoMagic)];
+pub fn read_superblocks(
+    io: &mut dyn Io,
+    label: &str,
+) -> Result<[std::result::Result<Superblock, SuperblockDefect>; 2]> {
+    let mut out = [
+        Err(SuperblockDefect::NoMagic),
+        Err(SuperblockDefect::NoMagic),
+    ];
     for (copy, slot) in out.iter_mut().enumerate() {
         let buf = read(io, label, SUPERBLOCK_OFFSETS[copy], SUPERBLOCK_LEN)?;
         *slot = Superblock::decode(copy, buf.as_slice());
@@ -189,21 +251,36 @@ pub fn open_superblock(io: &mut dyn Io, label: &str) -> Result<(usize, Superbloc
     let min = SUPERBLOCK_OFFSETS[1] + SUPERBLOCK_LEN as u64;
     let capacity = io.geometry().capacity_bytes;
     if capacity < min {
-        return Err(EngineError::NotFormatted { device: label.into(), detail: format!("only {capacity} bytes") });
+        return Err(EngineError::NotFormatted {
+            device: label.into(),
+            detail: format!("only {capacity} bytes"),
+        });
     }
     let copies = read_superblocks(io, label)?;
     if let Some(best) = Superblock::newest(&copies) {
         return Ok(best);
     }
-    if let Some(Err(SuperblockDefect::Version { found })) = copies.iter().find(|c| matches!(c, Err(SuperblockDefect::Version { .. }))) {
-        return Err(EngineError::UnsupportedVersion { device: label.into(), found: *found, supported: FORMAT_VERSION });
+    if let Some(Err(SuperblockDefect::Version { found })) = copies
+        .iter()
+        .find(|c| matches!(c, Err(SuperblockDefect::Version { .. })))
+    {
+        return Err(EngineError::UnsupportedVersion {
+            device: label.into(),
+            found: *found,
+            supported: FORMAT_VERSION,
+        });
     }
     let detail = match &copies {
-        [Err(SuperblockDefect::NoMagic), Err(SuperblockDefect::NoMagic)] => "no superblock found".to_string(),
+        [Err(SuperblockDefect::NoMagic), Err(SuperblockDefect::NoMagic)] => {
+            "no superblock found".to_string()
+        }
         [Err(a), Err(b)] => format!("superblock copy 0: {a}; copy 1: {b}"),
         _ => "no valid superblock".to_string(),
     };
-    Err(EngineError::NotFormatted { device: label.into(), detail })
+    Err(EngineError::NotFormatted {
+        device: label.into(),
+        detail,
+    })
 }
 
 /// Flushes the device, reads its newest valid superblock and checks it against the device.
@@ -214,10 +291,16 @@ pub(crate) fn open_checked(io: &mut dyn Io, label: &str) -> Result<(usize, Super
     check_block_size(io, label, sb.block_size)?;
     let geo = Geometry::of(&sb);
     let capacity = io.geometry().capacity_bytes;
-    if geo.end_offset() > capacity || sb.segment_count == 0 || sb.segment_size_bytes % sb.block_size as u64 != 0 {
+    if geo.end_offset() > capacity
+        || sb.segment_count == 0
+        || sb.segment_size_bytes % sb.block_size as u64 != 0
+    {
         return Err(EngineError::GeometryMismatch {
             device: label.into(),
-            detail: format!("{} segments of {} bytes do not fit {capacity} bytes", sb.segment_count, sb.segment_size_bytes),
+            detail: format!(
+                "{} segments of {} bytes do not fit {capacity} bytes",
+                sb.segment_count, sb.segment_size_bytes
+            ),
         });
     }
     Ok((copy, sb))

@@ -46,7 +46,11 @@ pub fn inspect(mut io: Box<dyn Io>, label: &str) -> Result<InspectReport> {
     let mut dev = DeviceSlot::new(io);
     let rec = recover(&mut dev, &sb, label, 0)?;
     let table = &rec.index.segments;
-    let segments = table.in_use().into_iter().map(|s| (s, table.usage(s).clone())).collect();
+    let segments = table
+        .in_use()
+        .into_iter()
+        .map(|s| (s, table.usage(s).clone()))
+        .collect();
     Ok(InspectReport {
         device: label.into(),
         superblocks,
@@ -62,36 +66,82 @@ impl fmt::Display for InspectReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "device {}", self.device)?;
         for (i, c) in self.superblocks.iter().enumerate() {
-            let mark = if i == self.superblock_in_use { " (in use)" } else { "" };
+            let mark = if i == self.superblock_in_use {
+                " (in use)"
+            } else {
+                ""
+            };
             match c {
                 Ok(sb) => {
-                    writeln!(f, "superblock copy {i}{mark}: ok, sequence {}, format version {}", sb.sequence, sb.version)?;
-                    writeln!(f, "  store id {}, cluster id {:032x}", sb.store_id, sb.cluster_id)?;
+                    writeln!(
+                        f,
+                        "superblock copy {i}{mark}: ok, sequence {}, format version {}",
+                        sb.sequence, sb.version
+                    )?;
+                    writeln!(
+                        f,
+                        "  store id {}, cluster id {:032x}",
+                        sb.store_id, sb.cluster_id
+                    )?;
                     writeln!(
                         f,
                         "  block size {}, segment size {}, {} segments from offset {}, device size {}",
                         sb.block_size, sb.segment_size_bytes, sb.segment_count, sb.data_start_offset, sb.device_size_bytes
                     )?;
                     let cp = sb.checkpoint;
-                    writeln!(f, "  checkpoint: segment {}, offset {}, sequence {}", cp.segment, cp.offset, cp.sequence)?;
+                    writeln!(
+                        f,
+                        "  checkpoint: segment {}, offset {}, sequence {}",
+                        cp.segment, cp.offset, cp.sequence
+                    )?;
                 }
                 Err(d) => writeln!(f, "superblock copy {i}: INVALID ({d})")?,
             }
         }
-        writeln!(f, "log: segments {}..={} (tail..head), {} regions", self.extent.0, self.extent.1, self.region_count)?;
+        writeln!(
+            f,
+            "log: segments {}..={} (tail..head), {} regions",
+            self.extent.0, self.extent.1, self.region_count
+        )?;
         writeln!(f, "segment  first-seq  batches  bytes")?;
         for (s, u) in &self.segments {
-            let first = u.first_batch.map_or("-".to_string(), |c| c.sequence.to_string());
-            writeln!(f, "{s:>7}  {first:>9}  {:>7}  {}", u.batch_count, u.bytes_used)?;
+            let first = u
+                .first_batch
+                .map_or("-".to_string(), |c| c.sequence.to_string());
+            writeln!(
+                f,
+                "{s:>7}  {first:>9}  {:>7}  {}",
+                u.batch_count, u.bytes_used
+            )?;
         }
         let r = &self.recovery;
-        writeln!(f, "scanned {} batches, {} records, {} bytes, next sequence {}", r.batches, r.records, r.bytes_scanned, r.next_sequence)?;
+        writeln!(
+            f,
+            "scanned {} batches, {} records, {} bytes, next sequence {}",
+            r.batches, r.records, r.bytes_scanned, r.next_sequence
+        )?;
         if let Some(t) = &r.torn_tail {
-            writeln!(f, "torn tail (unacknowledged last write) at offset {}, sequence {}", t.offset, t.sequence)?;
+            writeln!(
+                f,
+                "torn tail (unacknowledged last write) at offset {}, sequence {}",
+                t.offset, t.sequence
+            )?;
         }
         for c in &r.corruptions {
-            writeln!(f, "CORRUPT: batch {} at offset {}: {}; regions {:?}", c.sequence, c.offset, c.detail, c.regions)?;
+            writeln!(
+                f,
+                "CORRUPT: batch {} at offset {}: {}; regions {:?}",
+                c.sequence, c.offset, c.detail, c.regions
+            )?;
         }
-        writeln!(f, "checksums: {}", if self.corrupt() { "FAILED" } else { "all verified" })
+        writeln!(
+            f,
+            "checksums: {}",
+            if self.corrupt() {
+                "FAILED"
+            } else {
+                "all verified"
+            }
+        )
     }
 }

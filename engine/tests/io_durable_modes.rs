@@ -1,111 +1,96 @@
-//! Measures (never asserts) synced 4 KiB write throughput at queue depth 1 for the two durable
-//! modes of the `uring` backend (write linked to fdatasync, and RWF_DSYNC writes), next to
-//! `sync` (pwrite + fdatasync) and write-then-flush, on a pre-written file and on a loop device.
+//! Measures (never asserts) synced 4 KiB writes at queue depth 1: `uring` with a write linked to
+//! fdatasync, `uring` with RWF_DSYNC writes, and `sync` (pwrite + fdatasync), on a pre-written
+//! file and on loop devices. The three alternate op by op on one open file description, so
+//! background load hits them alike; each op is timed and the rate is ops / time spent in them.
 //! Ignored by default; run with:
 //! `cargo test --release -p engine --test io_durable_modes -- --ignored --nocapture`
 
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use engine::device::{self, Backend, OpenOptions};
-use engine::io::uring::DurableMode;
-use engine::io::{run_one, Io, IoOp};
+use engine::device;
+use engine::io::sync::SyncIo;
+use engine::io::uring::{DurableMode, UringIo};
+use engine::io::{run_one, BufPool, Io, IoOp};
 
 const REGION_BYTES: u64 = 16 << 20;
 
-#[derive(Clone, Copy, Debug)]
-enum Pattern {
-    DurableWrite,
-    WriteThenFlush,
+fn open_direct(path: &Path) -> File {
+    let block = std::fs::metadata(path)
+        .unwrap()
+        .file_type()
+        .is_block_device();
+    let excl = if block { libc::O_EXCL } else { 0 };
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | excl)
+        .open(path)
+        .unwrap()
 }
 
-fn measure(io: &mut dyn Io, pattern: Pattern, duration: Duration) -> f64 {
+fn durable_write(io: &mut dyn Io, offset: u64, tag: u64) -> Duration {
+    let mut buf = io.pool().take().unwrap();
+    buf.as_mut_slice().fill(tag as u8);
     let start = Instant::now();
-    let mut ops = 0u64;
-    let mut offset = 0;
-    while start.elapsed() < duration {
-        let mut buf = io.pool().take().unwrap();
-        buf.set_len(4096);
-        buf.as_mut_slice().fill(ops as u8);
-        let durable = matches!(pattern, Pattern::DurableWrite);
-        let c = run_one(
-            io,
-            IoOp::Write {
-                tag: ops,
-                offset,
-                buf,
-                durable,
-            },
-        )
-        .unwrap();
-        c.result.unwrap();
-        if !durable {
-            run_one(io, IoOp::Flush { tag: ops })
-                .unwrap()
-                .result
-                .unwrap();
-        }
-        ops += 1;
-        offset = (offset + 4096) % REGION_BYTES;
-    }
-    ops as f64 / start.elapsed().as_secs_f64()
+    let c = run_one(
+        io,
+        IoOp::Write {
+            tag,
+            offset,
+            buf,
+            durable: true,
+        },
+    )
+    .unwrap();
+    let took = start.elapsed();
+    c.result.unwrap();
+    took
 }
 
-fn run_all(path: &Path, label: &str) {
-    let env = |key: &str, default: u64| {
-        std::env::var(key)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
-    let duration = Duration::from_millis(env("BASALT_MEASURE_MS", 1000));
-    let rounds = env("BASALT_MEASURE_ROUNDS", 5) as usize;
-    let cases = [
-        (
-            "uring LinkedFsync",
-            Backend::Uring,
-            DurableMode::LinkedFsync,
-            Pattern::DurableWrite,
-        ),
-        (
-            "uring Dsync",
-            Backend::Uring,
-            DurableMode::Dsync,
-            Pattern::DurableWrite,
-        ),
-        (
-            "uring write+flush",
-            Backend::Uring,
-            DurableMode::Dsync,
-            Pattern::WriteThenFlush,
-        ),
-        (
-            "sync pwrite+fdatasync",
-            Backend::Sync,
-            DurableMode::Dsync,
-            Pattern::DurableWrite,
-        ),
-    ];
-    // Rounds interleave the cases so that background load hits them alike; report the median.
-    let mut rates = vec![Vec::new(); cases.len()];
-    for _ in 0..rounds {
-        for (i, (_, backend, mode, pattern)) in cases.iter().enumerate() {
-            let opts = OpenOptions {
-                backend: *backend,
-                ..OpenOptions::default()
-            };
-            let (mut io, _) = device::open_with_mode(path, &opts, *mode).unwrap();
-            rates[i].push(measure(io.as_mut(), *pattern, duration));
-        }
+fn measure(path: &Path, label: &str) {
+    let ms = std::env::var("BASALT_MEASURE_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6000);
+    let info = device::probe(path).unwrap();
+    let file = open_direct(path);
+    let pool = || BufPool::new(4096, 4, 4096).unwrap();
+    let sync_file = file.try_clone().unwrap();
+    let mut uring = UringIo::new(file, info.geometry(), 8, pool(), DurableMode::Dsync).unwrap();
+    let mut sync = SyncIo::new(sync_file, info.geometry(), 8, pool());
+    let names = ["uring LinkedFsync", "uring Dsync", "sync pwrite+fdatasync"];
+    let mut spent = [Duration::ZERO; 3];
+    let mut count = [0u64; 3];
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut op = 0u64;
+    while Instant::now() < deadline {
+        let which = (op % 3) as usize;
+        let offset = (op * 4096) % REGION_BYTES;
+        let took = match which {
+            0 => {
+                uring.set_durable_mode(DurableMode::LinkedFsync);
+                durable_write(&mut uring, offset, op)
+            }
+            1 => {
+                uring.set_durable_mode(DurableMode::Dsync);
+                durable_write(&mut uring, offset, op)
+            }
+            _ => durable_write(&mut sync, offset, op),
+        };
+        spent[which] += took;
+        count[which] += 1;
+        op += 1;
     }
-    for ((name, ..), mut r) in cases.iter().zip(rates) {
-        r.sort_by(f64::total_cmp);
-        let median = r[r.len() / 2];
-        let all: Vec<String> = r.iter().map(|x| format!("{x:.0}")).collect();
+    for i in 0..3 {
+        let rate = count[i] as f64 / spent[i].as_secs_f64();
+        let name = names[i];
         println!(
-            "{label:<26} {name:<22} median {median:>7.0} ops/s  (4 KiB QD1; rounds {})",
-            all.join(" ")
+            "{label:<26} {name:<22} {rate:>7.0} ops/s ({} ops, 4 KiB, QD1)",
+            count[i]
         );
     }
 }
@@ -122,7 +107,7 @@ fn scratch(name: &str) -> PathBuf {
 fn prewritten_file(name: &str) -> PathBuf {
     let path = scratch(name);
     std::fs::write(&path, vec![0u8; REGION_BYTES as usize]).unwrap();
-    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    File::open(&path).unwrap().sync_all().unwrap();
     path
 }
 
@@ -130,28 +115,28 @@ fn prewritten_file(name: &str) -> PathBuf {
 #[ignore = "measurement, not a test: run with --ignored --nocapture"]
 fn durable_write_modes() {
     let file = prewritten_file("durable-modes.img");
-    run_all(&file, "file (ext4)");
+    measure(&file, "file (ext4)");
+    let _ = std::fs::remove_file(&file);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIPPED loop device: needs root");
         return;
     }
-    for (label, extra) in [
+    for (label, dio) in [
         ("loop (buffered backing)", "off"),
         ("loop (direct-io backing)", "on"),
     ] {
-        let backing = prewritten_file(&format!("durable-modes-loop-{extra}.img"));
+        let backing = prewritten_file(&format!("durable-modes-loop-{dio}.img"));
         let out = Command::new("losetup")
-            .args(["-f", "--show", &format!("--direct-io={extra}")])
+            .args(["-f", "--show", &format!("--direct-io={dio}")])
             .arg(&backing)
             .output()
             .unwrap();
         assert!(out.status.success(), "losetup: {out:?}");
         let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let result = std::panic::catch_unwind(|| run_all(&dev, label));
+        let result = std::panic::catch_unwind(|| measure(&dev, label));
         let _ = Command::new("losetup").arg("-d").arg(&dev).status();
         let _ = std::fs::remove_file(&backing);
         result.unwrap();
     }
-    let _ = std::fs::remove_file(&file);
 }

@@ -1,11 +1,13 @@
 //! Short writes on the real backends: with `RLIMIT_FSIZE` set inside a write's range, the kernel
-//! writes only the part below the limit; `uring` and `sync` must continue with the remainder at
-//! the right offset (which then fails with EFBIG), report that error, keep the bytes that did
-//! land, and latch the device. This file is its own test binary because the limit is per process.
+//! writes only the part below the limit; `uring` (plain, linked-fsync and RWF_DSYNC writes) and
+//! `sync` must continue with the remainder at the right offset (which then fails with EFBIG),
+//! report that error, keep the bytes that did land, and latch the device. This file is its own
+//! test binary because the limit is per process.
 
 use std::path::PathBuf;
 
 use engine::device::{self, Backend, OpenOptions};
+use engine::io::uring::DurableMode;
 use engine::io::{run_one, AlignedBuf, IoError, IoOp};
 
 const LIMIT_BYTES: u64 = (2 << 20) + 8192;
@@ -22,6 +24,14 @@ fn set_file_size_limit() {
     }
 }
 
+/// (backend, durable mode, durable write?) combinations to check.
+const CASES: [(Backend, DurableMode, bool); 4] = [
+    (Backend::Uring, DurableMode::LinkedFsync, false),
+    (Backend::Uring, DurableMode::LinkedFsync, true),
+    (Backend::Uring, DurableMode::Dsync, true),
+    (Backend::Sync, DurableMode::Dsync, true),
+];
+
 #[test]
 fn short_write_continues_with_the_remainder_then_latches() {
     let dir = std::env::var_os("BASALT_TEST_DIR")
@@ -29,44 +39,41 @@ fn short_write_continues_with_the_remainder_then_latches() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     std::fs::create_dir_all(&dir).unwrap();
     let mut paths = Vec::new();
-    for backend in [Backend::Uring, Backend::Sync] {
-        let path = dir.join(format!("short-{backend:?}-{}.img", std::process::id()));
+    for case in 0..CASES.len() {
+        let path = dir.join(format!("short-{case}-{}.img", std::process::id()));
         let _ = std::fs::remove_file(&path);
         std::fs::File::create(&path)
             .unwrap()
             .set_len(4 << 20)
             .unwrap();
-        paths.push((backend, path));
+        paths.push(path);
     }
     set_file_size_limit();
-    for (backend, path) in &paths {
-        let opts = OpenOptions {
-            backend: *backend,
-            direct: true,
+    for ((backend, mode, durable), path) in CASES.into_iter().zip(&paths) {
+        let case = format!("{backend:?} {mode:?} durable={durable}");
+        let direct = OpenOptions {
+            backend,
             ..OpenOptions::default()
         };
-        let opts = match device::open(path, &opts) {
-            Ok(_) => opts,
+        let opts = match device::open(path, &direct) {
+            Ok(_) => direct,
             Err(_) => OpenOptions {
                 direct: false,
-                ..opts
+                ..direct
             }, // no O_DIRECT here (tmpfs)
         };
-        let (mut io, _) = device::open(path, &opts).unwrap();
+        let (mut io, _) = device::open_with_mode(path, &opts, mode).unwrap();
         let mut buf = io.pool().take().unwrap();
         buf.set_len(16384);
         buf.as_mut_slice().fill(0xAB);
         let offset = LIMIT_BYTES - 8192;
-        let c = run_one(
-            io.as_mut(),
-            IoOp::Write {
-                tag: 1,
-                offset,
-                buf,
-                durable: false,
-            },
-        )
-        .unwrap();
+        let write = IoOp::Write {
+            tag: 1,
+            offset,
+            buf,
+            durable,
+        };
+        let c = run_one(io.as_mut(), write).unwrap();
         match c.result {
             Err(IoError::Os {
                 op: "write",
@@ -75,17 +82,14 @@ fn short_write_continues_with_the_remainder_then_latches() {
             }) => {
                 assert_eq!(
                     at, LIMIT_BYTES,
-                    "{backend:?}: remainder resubmitted at the wrong offset"
+                    "{case}: remainder resubmitted at the wrong offset"
                 );
-                assert_eq!(source.raw_os_error(), Some(libc::EFBIG), "{backend:?}");
+                assert_eq!(source.raw_os_error(), Some(libc::EFBIG), "{case}");
             }
-            other => panic!("{backend:?}: expected EFBIG on the remainder, got {other:?}"),
+            other => panic!("{case}: expected EFBIG on the remainder, got {other:?}"),
         }
         let next = io.submit(IoOp::Flush { tag: 2 });
-        assert!(
-            matches!(next, Err(IoError::Latched)),
-            "{backend:?}: {next:?}"
-        );
+        assert!(matches!(next, Err(IoError::Latched)), "{case}: {next:?}");
         drop(io);
         // The part below the limit landed.
         let (mut io, _) = device::open(path, &opts).unwrap();
@@ -98,7 +102,7 @@ fn short_write_continues_with_the_remainder_then_latches() {
         let c = run_one(io.as_mut(), read).unwrap();
         assert!(
             c.buf.unwrap().as_slice().iter().all(|&b| b == 0xAB),
-            "{backend:?}"
+            "{case}"
         );
         drop(io);
         std::fs::remove_file(path).unwrap();

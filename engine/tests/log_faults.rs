@@ -1,9 +1,8 @@
-//! Damage on the sim device is detected, never accepted. Each run writes batches one per device
-//! write, then damages the device: a bit flipped in a random block of a random batch, or writes
-//! misdirected or silently torn while writing. After reopening, a damaged batch before the tail is
-//! reported as corruption and its regions are refused; damage to the last batch discards it as a
-//! torn tail; every region still served holds exactly the acknowledged data (the last batch may be
-//! missing only where the damage hit it). Failures print `SEED=...`.
+//! Damage on the sim device is detected, never accepted: a bit flipped in a random block of a
+//! random batch, or writes misdirected or silently torn. A damaged batch before the tail is
+//! reported and its regions refused; a damaged last batch is discarded as a torn tail; every region
+//! still served holds exactly the acknowledged data (minus only trailing batches whose damage no
+//! later write exposes). Failures print `SEED=...`.
 
 mod log_harness;
 
@@ -25,7 +24,11 @@ fn write_batches(sim: &Arc<Mutex<SimIo>>, rng: &mut Rng, count: u64) -> Written 
     let (mut store, _) = open(sim, 4096);
     let regions = 1 + rng.below(4);
     let mut model = Model::default();
-    let mut w = Written { models: vec![model.clone()], spans: vec![], regions };
+    let mut w = Written {
+        models: vec![model.clone()],
+        spans: vec![],
+        regions,
+    };
     let seg = store.superblock().segment_size_bytes;
     let data_start = store.superblock().data_start_offset;
     for step in 0..count {
@@ -35,7 +38,11 @@ fn write_batches(sim: &Arc<Mutex<SimIo>>, rng: &mut Rng, count: u64) -> Written 
         store.write_sync(batch).expect("write");
         model.apply(&recs);
         let (seg_after, end_after, _) = store.head_position();
-        let start = if seg_after == seg_before { end_before } else { data_start + seg_after as u64 * seg };
+        let start = if seg_after == seg_before {
+            end_before
+        } else {
+            data_start + seg_after as u64 * seg
+        };
         let mut ids: Vec<u64> = recs.iter().map(|r| r.region_id()).collect();
         ids.dedup();
         w.spans.push((start, end_after, ids));
@@ -52,12 +59,19 @@ fn check_served(store: &LogStore, report: &RecoveryReport, w: &Written, may_vani
     for r in 1..=w.regions {
         if report.all_regions_refused || report.refused_regions.contains(&r) {
             let log = store.region_log(r);
-            assert!(log.entries(1, 2, None).is_err() && log.initial_state().is_err(), "refused region {r} served");
+            assert!(
+                log.entries(1, 2, None).is_err() && log.initial_state().is_err(),
+                "refused region {r} served"
+            );
             continue;
         }
         let got = read_region(store, r).unwrap_or_else(|e| panic!("region {r}: {e}"));
         let ok = allowed.iter().any(|m| got == m.region(r));
-        assert!(ok, "region {r} served wrong data ({report:?}):\n{}", diff(&normalized(full), &read_all(store, [r])));
+        assert!(
+            ok,
+            "region {r} served wrong data ({report:?}):\n{}",
+            diff(&normalized(full), &read_all(store, [r]))
+        );
     }
 }
 
@@ -73,7 +87,11 @@ fn rot_run(seed: u64) {
     let before = sim.lock().unwrap().read_durable(offset, 512);
     sim.lock().unwrap().rot(offset);
     let after = sim.lock().unwrap().read_durable(offset, 512);
-    let byte = before.iter().zip(&after).position(|(a, b)| a != b).expect("rot flipped a bit");
+    let byte = before
+        .iter()
+        .zip(&after)
+        .position(|(a, b)| a != b)
+        .expect("rot flipped a bit");
     // Offset of the flipped byte inside its store block: bytes 4..16 are the block's magic and
     // sequence number, without which a damaged last block is indistinguishable from never written.
     let in_block = (offset + byte as u64 - 1048576) % block_size as u64;
@@ -81,13 +99,26 @@ fn rot_run(seed: u64) {
     sim.lock().unwrap().restart();
     let (store, report) = open(&sim, 4096);
     if k + 1 == n as usize {
-        assert!(report.corruptions.is_empty(), "rot in the last batch: {report:?}");
-        assert!(report.torn_tail.is_some() || header_hit, "rot in the last batch unreported: {report:?}");
+        assert!(
+            report.corruptions.is_empty(),
+            "rot in the last batch: {report:?}"
+        );
+        assert!(
+            report.torn_tail.is_some() || header_hit,
+            "rot in the last batch unreported: {report:?}"
+        );
         check_served(&store, &report, &w, 1);
     } else {
-        assert_eq!(report.corruptions.len(), 1, "rot in batch {k} of {n} not reported: {report:?}");
+        assert_eq!(
+            report.corruptions.len(),
+            1,
+            "rot in batch {k} of {n} not reported: {report:?}"
+        );
         for r in regions {
-            assert!(report.refused_regions.contains(r), "region {r} of the damaged batch not refused: {report:?}");
+            assert!(
+                report.refused_regions.contains(r),
+                "region {r} of the damaged batch not refused: {report:?}"
+            );
         }
         check_served(&store, &report, &w, 0);
     }
@@ -98,9 +129,16 @@ fn misdirect_or_tear_run(seed: u64) {
     let block_size = if rng.chance(0.5) { 512 } else { 4096 };
     let sim = sim_store(seed, block_size, block_size as u64 * 32, 24);
     let faults = if rng.chance(0.5) {
-        FaultConfig { misdirect_prob: 0.1, ..FaultConfig::none() }
+        FaultConfig {
+            misdirect_prob: 0.1,
+            ..FaultConfig::none()
+        }
     } else {
-        FaultConfig { torn_write_prob: 0.1, torn_write_reports_error: false, ..FaultConfig::none() }
+        FaultConfig {
+            torn_write_prob: 0.1,
+            torn_write_reports_error: false,
+            ..FaultConfig::none()
+        }
     };
     sim.lock().unwrap().set_faults(faults);
     let n = 3 + rng.below(30);
@@ -110,7 +148,10 @@ fn misdirect_or_tear_run(seed: u64) {
     // A damaged write with no later write to expose it is indistinguishable from an unwritten one.
     let may_vanish = (stats.misdirected_writes + stats.torn_writes) as usize;
     sim.lock().unwrap().restart();
-    let config = engine::log::LogConfig { device_label: "sim".into(), ..Default::default() };
+    let config = engine::log::LogConfig {
+        device_label: "sim".into(),
+        ..Default::default()
+    };
     match LogStore::open(Box::new(SharedSim::new(Arc::clone(&sim))), config) {
         Ok((store, report)) => check_served(&store, &report, &w, may_vanish),
         // Both superblock copies overwritten by misdirected writes: detected, not trusted.

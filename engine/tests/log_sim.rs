@@ -1,9 +1,8 @@
-//! Crash safety of the log on the deterministic sim device. For many seeded runs: append random
-//! multi-region batches (group-committed, some overwriting a region's tail, with compactions that
-//! wrap the segment ring), cut the power at a random point, recover, and check that every
-//! acknowledged batch is there byte for byte and that unacknowledged batches appear whole or not
-//! at all (the recovered log equals the acknowledged model plus some prefix of the pending batches).
-//! Failures print `SEED=...`; `BASALT_SIM_RUNS=N` runs more.
+//! Crash safety on the seeded sim device: random multi-region batches (group-committed, some
+//! overwriting a region's tail, compactions wrapping the segment ring), power cut at a random
+//! point, recovery; every acknowledged batch must be there byte for byte and pending batches whole
+//! or absent (the log equals the acknowledged model plus a prefix of the pending batches).
+//! Failures print `SEED=...`; `BASALT_SIM_RUNS=N` runs more, `BASALT_SIM_SEED=S` replays one.
 
 mod log_harness;
 
@@ -55,9 +54,20 @@ impl Run {
                 continue;
             }
             let m = self.acked.region(r);
-            let to = if all { m.last_index() } else { m.first_index - 1 + self.rng.below(m.entries.len() as u64 + 1) };
+            let to = if all {
+                m.last_index()
+            } else {
+                m.first_index - 1 + self.rng.below(m.entries.len() as u64 + 1)
+            };
             let t = store.compact_to(r, to).expect("compact_to");
-            self.pending.push((t.0, vec![Record::Compact { region_id: r, index: to, term: 0 }]));
+            self.pending.push((
+                t.0,
+                vec![Record::Compact {
+                    region_id: r,
+                    index: to,
+                    term: 0,
+                }],
+            ));
         }
         self.drain(store);
     }
@@ -77,7 +87,10 @@ impl Run {
         let recs = batch.records().to_vec();
         match store.append(batch) {
             Ok(t) => self.pending.push((t.0, recs)),
-            Err(engine::error::EngineError::BatchTooLarge { size_bytes, max_bytes }) => assert!(size_bytes > max_bytes),
+            Err(engine::error::EngineError::BatchTooLarge {
+                size_bytes,
+                max_bytes,
+            }) => assert!(size_bytes > max_bytes),
             Err(e) => panic!("append: {e}"),
         }
         let acks = match self.rng.below(10) {
@@ -96,10 +109,20 @@ fn one_run(seed: u64) {
     let sim = sim_store(seed, block_size, segment_size, 6 + rng.below(6));
     let cache = if rng.chance(0.5) { 2048 } else { 1 << 20 };
     let regions = 1 + rng.below(6);
-    let mut run = Run { rng, acked: Model::default(), pending: vec![], regions, step: 0 };
+    let mut run = Run {
+        rng,
+        acked: Model::default(),
+        pending: vec![],
+        regions,
+        step: 0,
+    };
     for _round in 0..3 {
         let (mut store, report) = open(&sim, cache);
-        assert!(report.corruptions.is_empty(), "corruption without faults: {:?}", report.corruptions);
+        assert!(
+            report.corruptions.is_empty(),
+            "corruption without faults: {:?}",
+            report.corruptions
+        );
         let steps = 5 + run.rng.below(60);
         for _ in 0..steps {
             run.step(&mut store);
@@ -114,7 +137,10 @@ fn one_run(seed: u64) {
             }
         }
         let (store, report) = open(&sim, cache);
-        assert!(report.corruptions.is_empty() && report.refused_regions.is_empty(), "{report:?}");
+        assert!(
+            report.corruptions.is_empty() && report.refused_regions.is_empty(),
+            "{report:?}"
+        );
         let ids: Vec<u64> = (1..=regions).collect();
         let got = read_all(&store, ids);
         let mut candidate = run.acked.clone();
@@ -139,7 +165,9 @@ fn one_run(seed: u64) {
 #[test]
 fn acknowledged_batches_survive_power_loss() {
     let runs = runs(2000);
-    let only: Option<u64> = std::env::var("BASALT_SIM_SEED").ok().and_then(|v| v.parse().ok());
+    let only: Option<u64> = std::env::var("BASALT_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for seed in only.map_or(0..runs, |s| s..s + 1) {
         let result = std::panic::catch_unwind(|| one_run(seed));
         if let Err(e) = result {
@@ -147,4 +175,90 @@ fn acknowledged_batches_survive_power_loss() {
             std::panic::resume_unwind(e);
         }
     }
+}
+
+#[test]
+fn entries_honours_max_size_on_cold_and_cached_ranges() {
+    use raftlog::{Entry, Storage};
+    let sim = sim_store(99, 512, 32 * 1024, 8);
+    for cache in [0, 1 << 20] {
+        let (mut store, _) = open(&sim, cache);
+        let first = store.region_log(1).last_index().unwrap() + 1;
+        let entries: Vec<Entry> = (first..first + 50)
+            .map(|i| Entry::new(1, i, vec![i as u8; 100]))
+            .collect();
+        let mut b = engine::log::LogBatch::new();
+        b.add_entries(1, entries.clone());
+        store.write_sync(b).unwrap();
+        let log = store.region_log(1);
+        let all = log.entries(first, first + 50, None).unwrap();
+        assert_eq!(all, entries);
+        let one = entries[0].size_bytes();
+        assert_eq!(
+            log.entries(first, first + 50, Some(0)).unwrap(),
+            entries[..1]
+        );
+        assert_eq!(
+            log.entries(first, first + 50, Some(3 * one)).unwrap(),
+            entries[..3]
+        );
+        assert_eq!(
+            log.entries(first + 10, first + 50, Some(3 * one - 1))
+                .unwrap(),
+            entries[10..12]
+        );
+        let t = store.compact_to(1, first + 4).unwrap();
+        store.wait_for(t).unwrap();
+        assert_eq!(log.first_index().unwrap(), first + 5);
+        assert_eq!(log.term(first + 4).unwrap(), 1);
+        assert_eq!(
+            log.entries(first + 4, first + 6, None),
+            Err(raftlog::StorageError::Compacted.into())
+        );
+        assert_eq!(
+            log.entries(first + 5, first + 6, None).unwrap(),
+            entries[5..6]
+        );
+        assert_eq!(
+            log.entries(first + 50, first + 51, None),
+            Err(raftlog::StorageError::Unavailable.into())
+        );
+    }
+}
+
+#[test]
+fn checkpoint_larger_than_a_segment_is_split_and_frees_the_tail() {
+    use raftlog::{ConfState, Entry, HardState};
+    let sim = sim_store(5, 512, 512 * 16, 12);
+    let (mut store, _) = open(&sim, 1 << 20);
+    let mut model = Model::default();
+    for chunk in 0..10u64 {
+        let mut b = engine::log::LogBatch::new();
+        for r in chunk * 20 + 1..=chunk * 20 + 20 {
+            b.add_entries(r, vec![Entry::new(1, 1, vec![r as u8; 10])]);
+            b.set_hard_state(r, HardState { term: 1, vote: r, commit: 1 });
+            b.set_conf_state(r, ConfState::from_voters(vec![1, 2, 3]));
+        }
+        model.apply(b.records());
+        store.write_sync(b).unwrap();
+    }
+    let mut last = None;
+    for r in 1..=200 {
+        last = Some(store.compact_to(r, 1).unwrap());
+        model.apply(&[Record::Compact { region_id: r, index: 1, term: 0 }]);
+    }
+    store.wait_for(last.unwrap()).unwrap();
+    for i in 2..40 {
+        let mut b = engine::log::LogBatch::new();
+        b.add_entries(1, vec![Entry::new(1, i, vec![0u8; 600])]);
+        model.apply(b.records());
+        store.write_sync(b).unwrap();
+    }
+    assert_ne!(store.segment_extent().0, 0, "the tail never moved: the checkpoint did not free it");
+    drop(store);
+    sim.lock().unwrap().power_loss();
+    let (store, report) = open(&sim, 1 << 20);
+    assert!(report.corruptions.is_empty(), "{report:?}");
+    let got = read_all(&store, 1..=200);
+    assert!(normalized(&model) == got, "{}", diff(&normalized(&model), &got));
 }

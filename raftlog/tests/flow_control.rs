@@ -195,7 +195,12 @@ fn snapshot_retried_after_temporarily_unavailable() {
     let since = net.delivered.len();
     net.stabilize();
     net.tick(1, 1);
-    // The first attempt found no snapshot; later heartbeats retry it.
+    assert_eq!(
+        net.count_delivered(since, MessageType::MsgSnapshot, 1, 3),
+        0,
+        "the first attempt should find no snapshot"
+    );
+    // Later heartbeats retry it.
     net.tick(1, 5);
     assert!(
         net.count_delivered(since, MessageType::MsgSnapshot, 1, 3) >= 1,
@@ -209,5 +214,29 @@ fn snapshot_retried_after_temporarily_unavailable() {
         net.raft(3).raft_log.first_index(),
         compacted + 1,
         "follower did not install the snapshot"
+    );
+}
+
+#[test]
+fn log_temporarily_unavailable_defers_appends_until_ready() {
+    let mut net = elected(3);
+    net.isolate(3);
+    for i in 0..5u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    net.nodes[&1].store.wl().trigger_log_unavailable(true);
+    net.heal();
+    net.tick(1, 3);
+    assert_eq!(
+        net.raft(3).raft_log.last_index(),
+        1,
+        "entries sent while storage said they were unavailable"
+    );
+    net.nodes[&1].store.wl().trigger_log_unavailable(false);
+    net.tick(1, 3);
+    assert_eq!(
+        net.applied_data(3).len(),
+        5,
+        "follower not caught up once entries became available"
     );
 }

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use raftlog::{
-    Config, ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, MemStorage, Message, RawNode, StateRole,
+    ConfChange, ConfChangeType, ConfChangeV2, Config, Entry, EntryType, MemStorage, Message,
+    RawNode, StateRole,
 };
 
 struct Node {
@@ -21,18 +22,32 @@ struct Cluster {
 }
 
 fn config(id: u64) -> Config {
-    Config { rng_seed: 7, ..Config::new(id) }
+    Config {
+        rng_seed: 7,
+        ..Config::new(id)
+    }
 }
 
 impl Cluster {
     fn new(voters: &[u64]) -> Cluster {
         let mut nodes = BTreeMap::new();
         for &id in voters {
-            let store = MemStorage::new_with_conf_state(raftlog::ConfState::from_voters(voters.to_vec()));
+            let store =
+                MemStorage::new_with_conf_state(raftlog::ConfState::from_voters(voters.to_vec()));
             let raw = RawNode::new(&config(id), store.clone()).unwrap();
-            nodes.insert(id, Node { raw, store, applied: Vec::new() });
+            nodes.insert(
+                id,
+                Node {
+                    raw,
+                    store,
+                    applied: Vec::new(),
+                },
+            );
         }
-        Cluster { nodes, inflight: Vec::new() }
+        Cluster {
+            nodes,
+            inflight: Vec::new(),
+        }
     }
 
     fn apply(node: &mut Node, ents: Vec<Entry>) {
@@ -102,8 +117,12 @@ impl Cluster {
                 n.raw.tick();
             }
             self.settle();
-            let leaders: Vec<u64> =
-                self.nodes.iter().filter(|(_, n)| n.raw.raft.state == StateRole::Leader).map(|(id, _)| *id).collect();
+            let leaders: Vec<u64> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.raw.raft.state == StateRole::Leader)
+                .map(|(id, _)| *id)
+                .collect();
             assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
             if let Some(&l) = leaders.first() {
                 return l;
@@ -119,29 +138,70 @@ fn three_nodes_elect_commit_read_and_change_membership() {
     let leader = c.tick_until_leader();
     let follower = if leader == 1 { 2 } else { 1 };
 
-    c.nodes.get_mut(&leader).unwrap().raw.propose(vec![], b"a".to_vec()).unwrap();
-    c.nodes.get_mut(&follower).unwrap().raw.propose(vec![], b"b".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .raw
+        .propose(vec![], b"a".to_vec())
+        .unwrap();
+    c.nodes
+        .get_mut(&follower)
+        .unwrap()
+        .raw
+        .propose(vec![], b"b".to_vec())
+        .unwrap();
     c.settle();
     for (id, n) in &c.nodes {
         assert_eq!(n.applied, vec![b"a".to_vec(), b"b".to_vec()], "node {id}");
     }
 
-    c.nodes.get_mut(&follower).unwrap().raw.read_index(b"r1".to_vec());
+    c.nodes
+        .get_mut(&follower)
+        .unwrap()
+        .raw
+        .read_index(b"r1".to_vec());
     c.settle();
     // The read state was handed out in a Ready; check the commit index it must cover instead.
     let commit = c.nodes[&leader].raw.raft.raft_log.committed;
     assert!(commit >= 3);
 
     // The leader cannot remove itself; removing another voter works.
-    let rm_leader = ConfChange { change_type: ConfChangeType::RemoveNode, node_id: leader, ..Default::default() };
-    let err = c.nodes.get_mut(&leader).unwrap().raw.propose_conf_change(vec![], rm_leader).unwrap_err();
-    assert!(err.to_string().contains("transfer leadership first"), "{err}");
-    let rm = ConfChange { change_type: ConfChangeType::RemoveNode, node_id: follower, ..Default::default() };
-    c.nodes.get_mut(&leader).unwrap().raw.propose_conf_change(vec![], rm).unwrap();
+    let rm_leader = ConfChange {
+        change_type: ConfChangeType::RemoveNode,
+        node_id: leader,
+        ..Default::default()
+    };
+    let err = c
+        .nodes
+        .get_mut(&leader)
+        .unwrap()
+        .raw
+        .propose_conf_change(vec![], rm_leader)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("transfer leadership first"),
+        "{err}"
+    );
+    let rm = ConfChange {
+        change_type: ConfChangeType::RemoveNode,
+        node_id: follower,
+        ..Default::default()
+    };
+    c.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .raw
+        .propose_conf_change(vec![], rm)
+        .unwrap();
     c.settle();
     let cs = c.nodes[&leader].store.initial_state_conf();
     assert!(!cs.contains(&follower), "{cs:?}");
-    c.nodes.get_mut(&leader).unwrap().raw.propose(vec![], b"c".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .raw
+        .propose(vec![], b"c".to_vec())
+        .unwrap();
     c.settle();
     assert_eq!(c.nodes[&leader].applied.last().unwrap(), b"c");
 }

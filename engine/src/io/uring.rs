@@ -24,23 +24,24 @@
 //! write only after a FUA write or a cache flush (the `fdatasync` guarantee for that range).
 //!
 //! Measured 2026-11-25 on the 2-core CI VM (kernel 6.18, virtio disk with a volatile write cache
-//! and no FUA, ext4), 4 KiB writes at queue depth 1, medians of 5 and of 9 interleaved 1 s rounds
-//! (`tests/io_durable_modes.rs`), while other builds loaded the machine (load average ~7, so
-//! single rounds vary 2-10x; only the file result is clear-cut):
+//! and no FUA, ext4) with `tests/io_durable_modes.rs`: 4 KiB writes at queue depth 1, the three
+//! methods alternating op by op on one open file so that background load (other builds, load
+//! average 5-8) hits them alike; ops/s over the time spent in each, two runs (6 s and 8 s):
 //!
-//! | ops/s (median; run 1 / run 2)   | LinkedFsync | Dsync     | sync pwrite+fdatasync |
-//! |---------------------------------|-------------|-----------|-----------------------|
-//! | file on ext4                    | 1104 / 969  | 296 / 220 | 314 / 250             |
-//! | loop device, buffered backing   | 489 / 512   | 479 / 650 | 366 / 328             |
-//! | loop device, direct-io backing  | 135 / 740   | 737 / 348 | 254 / 544             |
+//! | ops/s (run 1 / run 2)           | LinkedFsync | Dsync      | sync pwrite+fdatasync |
+//! |---------------------------------|-------------|------------|-----------------------|
+//! | file on ext4                    | 1637 / 632  | 939 / 423  | 1379 / 502            |
+//! | loop device, buffered backing   | 871 / 365   | 1141 / 559 | 1112 / 450            |
+//! | loop device, direct-io backing  | 302 / 375   | 525 / 579  | 526 / 425             |
 //!
-//! fio shows the same split on the file (io_uring + `--fdatasync=1` ~800 IOPS, `--sync=dsync`
-//! ~380). The default is therefore chosen per device kind ([`DurableMode::for_kind`], used by
-//! `device::open`): **`Dsync` for block devices** — one request to the device, no hop through an
-//! io_uring worker thread for the fsync, less CPU per write, and ahead or level in three of the
-//! four loop-device runs — and **`LinkedFsync` for regular files**, where ext4's in-line `DSYNC`
-//! path is 3-4x slower than an fsync from the ring. `DurableMode::default()` is `Dsync`, the
-//! production case (a raw device). Re-measure on real NVMe before tuning further.
+//! The order held in every run (earlier, non-interleaved runs were noisier but agreed on the
+//! file). The default is therefore chosen per device kind ([`DurableMode::for_kind`], used by
+//! `device::open`): **`Dsync` for block devices**, 1.3-1.7x faster on the loop devices — one
+//! request that the block layer turns into write + flush (or FUA), with no hop through an
+//! io_uring worker thread for a separate fsync, so also less CPU — and **`LinkedFsync` for
+//! regular files**, where ext4's in-line `DSYNC` path is 1.5-1.7x slower than an fsync from the
+//! ring. `DurableMode::default()` is `Dsync`, the production case (a raw device). Re-measure on
+//! real NVMe before tuning further.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -81,6 +82,8 @@ struct Slot {
     offset: u64,
     buf: Option<AlignedBuf>,
     durable: bool,
+    /// Fixed at submit, so a resubmission never mixes modes.
+    mode: DurableMode,
     // Invariant: done <= len; bytes [0, done) are transferred.
     done: usize,
     len: usize,
@@ -154,6 +157,11 @@ impl UringIo {
         self.mode
     }
 
+    /// Change how later durable writes are made durable (ops already submitted keep theirs).
+    pub fn set_durable_mode(&mut self, mode: DurableMode) {
+        self.mode = mode;
+    }
+
     /// True when the pool is registered as fixed buffers.
     pub fn has_fixed_buffers(&self) -> bool {
         self.fixed_pool_id.is_some()
@@ -167,7 +175,6 @@ impl UringIo {
     /// Push the SQEs for the remaining part of slot `idx`.
     fn push_sqes(&mut self, idx: u32) -> Result<(), IoError> {
         let fixed_pool_id = self.fixed_pool_id;
-        let mode = self.mode;
         let slot = self.slots[idx as usize]
             .as_mut()
             .expect("push_sqes on a live slot");
@@ -181,11 +188,11 @@ impl UringIo {
         let rw = match slot.kind {
             IoKind::Flush => None,
             IoKind::Write if slot.done == slot.len => None, // only the fsync is left
-            kind => Some(rw_entry(slot, kind, fixed_pool_id, mode).user_data(user_data)),
+            kind => Some(rw_entry(slot, kind, fixed_pool_id).user_data(user_data)),
         };
         let with_fsync = match slot.kind {
             IoKind::Flush => true,
-            IoKind::Write => slot.durable && mode == DurableMode::LinkedFsync,
+            IoKind::Write => slot.durable && slot.mode == DurableMode::LinkedFsync,
             IoKind::Read => false,
         };
         slot.outstanding = u8::from(rw.is_some()) + u8::from(with_fsync);
@@ -396,18 +403,13 @@ fn fsync_outcome(res: Option<i32>) -> Step {
 }
 
 /// The read or write SQE for the untransferred part of `slot`.
-fn rw_entry(
-    slot: &mut Slot,
-    kind: IoKind,
-    fixed_pool_id: Option<u64>,
-    mode: DurableMode,
-) -> squeue::Entry {
+fn rw_entry(slot: &mut Slot, kind: IoKind, fixed_pool_id: Option<u64>) -> squeue::Entry {
     let buf = slot.buf.as_mut().expect("read/write slot holds its buffer");
     let fixed = fixed_pool_id.is_some() && buf.pool_id() == fixed_pool_id;
     let ptr = buf.as_mut_ptr().wrapping_add(slot.done);
     let len = (slot.len - slot.done) as u32;
     let offset = slot.offset + slot.done as u64;
-    let rw_flags = if slot.durable && mode == DurableMode::Dsync {
+    let rw_flags = if slot.durable && slot.mode == DurableMode::Dsync {
         libc::RWF_DSYNC
     } else {
         0
@@ -431,8 +433,14 @@ fn rw_entry(
 }
 
 fn build_ring(sq_entries: u32) -> Result<IoUring, IoError> {
-    // COOP_TASKRUN saves an interrupt per completion (5.19+); retry without it on older kernels.
-    match IoUring::builder().setup_coop_taskrun().build(sq_entries) {
+    // COOP_TASKRUN (5.19+) saves an interrupt per completion; completions then wait for the
+    // next kernel entry, which `reap` makes whenever TASKRUN_FLAG says work is pending.
+    // Retry without both on older kernels.
+    match IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(sq_entries)
+    {
         Ok(ring) => Ok(ring),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
             .build(sq_entries)
@@ -490,6 +498,10 @@ impl Io for UringIo {
             }
             IoOp::Flush { tag } => new_slot(tag, IoKind::Flush, 0, None, false),
         };
+        let slot = Slot {
+            mode: self.mode,
+            ..slot
+        };
         let idx = self.free_slots.pop().ok_or(IoError::QueueFull)?;
         self.slots[idx as usize] = Some(slot);
         self.in_flight += 1;
@@ -515,6 +527,9 @@ impl Io for UringIo {
     fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, IoError> {
         let target = min_complete.min(self.in_flight);
         loop {
+            if self.ring.submission().taskrun() {
+                self.enter(0)?; // run pending completion work (COOP_TASKRUN)
+            }
             self.drain_cq()?;
             if self.done.len() >= target {
                 break;
@@ -555,6 +570,7 @@ fn new_slot(tag: u64, kind: IoKind, offset: u64, buf: Option<AlignedBuf>, durabl
         offset,
         buf,
         durable,
+        mode: DurableMode::default(),
         done: 0,
         len,
         outstanding: 0,

@@ -67,7 +67,10 @@ impl std::fmt::Display for BlockDefect {
         match self {
             BlockDefect::NoMagic => write!(f, "no block magic"),
             BlockDefect::Checksum { stored, computed } => {
-                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             BlockDefect::Header => write!(f, "inconsistent block header"),
         }
@@ -89,8 +92,19 @@ pub fn payload_capacity(block_size: usize) -> usize {
 
 /// Writes the header of `block` (whose payload is already in place and zero padded) and seals it
 /// for device offset `offset`. Returns the checksum.
-pub fn seal(block: &mut [u8], offset: u64, nonce: u64, sequence: u64, index: u32, count: u32, payload_len: u32) -> u32 {
-    assert!(index < count && payload_len as usize <= payload_capacity(block.len()), "block header out of range");
+pub fn seal(
+    block: &mut [u8],
+    offset: u64,
+    nonce: u64,
+    sequence: u64,
+    index: u32,
+    count: u32,
+    payload_len: u32,
+) -> u32 {
+    assert!(
+        index < count && payload_len as usize <= payload_capacity(block.len()),
+        "block header out of range"
+    );
     block[field::MAGIC..field::MAGIC + 4].copy_from_slice(&BLOCK_MAGIC);
     put_u64(block, field::SEQUENCE, sequence);
     put_u32(block, field::BLOCK_INDEX, index);
@@ -147,8 +161,14 @@ mod tests {
         let h = verify(&b, 8192, 77).expect("valid");
         assert_eq!((h.sequence, h.block_index, h.block_count), (5, 1, 3));
         assert_eq!(payload(&b, &h), b"hello");
-        assert!(matches!(verify(&b, 8192 + 512, 77), Err(BlockDefect::Checksum { .. })));
-        assert!(matches!(verify(&b, 8192, 78), Err(BlockDefect::Checksum { .. })), "stale nonce accepted");
+        assert!(matches!(
+            verify(&b, 8192 + 512, 77),
+            Err(BlockDefect::Checksum { .. })
+        ));
+        assert!(
+            matches!(verify(&b, 8192, 78), Err(BlockDefect::Checksum { .. })),
+            "stale nonce accepted"
+        );
     }
 
     #[test]
@@ -158,7 +178,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = b.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(verify(&bad, 8192, 77).is_err(), "flip at {byte}.{bit} accepted");
+                assert!(
+                    verify(&bad, 8192, 77).is_err(),
+                    "flip at {byte}.{bit} accepted"
+                );
             }
         }
     }

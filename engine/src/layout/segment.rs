@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 
 use super::superblock::{Checkpoint, Superblock};
-use super::{BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, SEGMENT_BLOCKS_MIN, SEGMENT_COUNT_MIN, SUPERBLOCK_AREA_BYTES};
+use super::{
+    BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, SEGMENT_BLOCKS_MIN, SEGMENT_COUNT_MIN, SUPERBLOCK_AREA_BYTES,
+};
 
 /// The geometry of a formatted store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,11 +39,18 @@ pub enum GeometryError {
 
 impl Geometry {
     /// The geometry for a device of `device_size_bytes` with the given block and segment sizes.
-    pub fn plan(device_size_bytes: u64, block_size: u32, segment_size_bytes: u64) -> Result<Geometry, GeometryError> {
-        if !block_size.is_power_of_two() || !(BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&block_size) {
+    pub fn plan(
+        device_size_bytes: u64,
+        block_size: u32,
+        segment_size_bytes: u64,
+    ) -> Result<Geometry, GeometryError> {
+        if !block_size.is_power_of_two() || !(BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&block_size)
+        {
             return Err(GeometryError::Invalid(
                 "block_size",
-                format!("{block_size} is not a power of two in {BLOCK_SIZE_MIN}..={BLOCK_SIZE_MAX}"),
+                format!(
+                    "{block_size} is not a power of two in {BLOCK_SIZE_MIN}..={BLOCK_SIZE_MAX}"
+                ),
             ));
         }
         let min_segment = SEGMENT_BLOCKS_MIN * block_size as u64;
@@ -56,9 +65,15 @@ impl Geometry {
             return Err(GeometryError::TooSmall(min_bytes));
         }
         let count = (device_size_bytes - SUPERBLOCK_AREA_BYTES) / segment_size_bytes;
-        let segment_count = u32::try_from(count)
-            .map_err(|_| GeometryError::Invalid("segment_size", format!("{count} segments exceed u32")))?;
-        Ok(Geometry { block_size, segment_size_bytes, segment_count, data_start_offset: SUPERBLOCK_AREA_BYTES })
+        let segment_count = u32::try_from(count).map_err(|_| {
+            GeometryError::Invalid("segment_size", format!("{count} segments exceed u32"))
+        })?;
+        Ok(Geometry {
+            block_size,
+            segment_size_bytes,
+            segment_count,
+            data_start_offset: SUPERBLOCK_AREA_BYTES,
+        })
     }
 
     /// The geometry recorded in a superblock.
@@ -73,7 +88,10 @@ impl Geometry {
 
     /// Device offset where segment `segment` starts.
     pub fn segment_offset(&self, segment: u32) -> u64 {
-        assert!(segment < self.segment_count, "segment {segment} out of range");
+        assert!(
+            segment < self.segment_count,
+            "segment {segment} out of range"
+        );
         self.data_start_offset + segment as u64 * self.segment_size_bytes
     }
 
@@ -84,9 +102,15 @@ impl Geometry {
 
     /// The segment holding device offset `offset`.
     pub fn segment_of(&self, offset: u64) -> u32 {
-        assert!(offset >= self.data_start_offset, "offset {offset} before the data area");
+        assert!(
+            offset >= self.data_start_offset,
+            "offset {offset} before the data area"
+        );
         let s = (offset - self.data_start_offset) / self.segment_size_bytes;
-        assert!(s < self.segment_count as u64, "offset {offset} beyond the last segment");
+        assert!(
+            s < self.segment_count as u64,
+            "offset {offset} beyond the last segment"
+        );
         s as u32
     }
 
@@ -214,11 +238,27 @@ mod tests {
 
     #[test]
     fn plan_rejects_bad_options_and_small_devices() {
-        assert!(matches!(Geometry::plan(64 * MIB, 3000, MIB), Err(GeometryError::Invalid("block_size", _))));
-        assert!(matches!(Geometry::plan(64 * MIB, 4096, 4096 * 3), Err(GeometryError::Invalid("segment_size", _))));
-        assert_eq!(Geometry::plan(2 * MIB, 4096, MIB), Err(GeometryError::TooSmall(3 * MIB)));
+        assert!(matches!(
+            Geometry::plan(64 * MIB, 3000, MIB),
+            Err(GeometryError::Invalid("block_size", _))
+        ));
+        assert!(matches!(
+            Geometry::plan(64 * MIB, 4096, 4096 * 3),
+            Err(GeometryError::Invalid("segment_size", _))
+        ));
+        assert_eq!(
+            Geometry::plan(2 * MIB, 4096, MIB),
+            Err(GeometryError::TooSmall(3 * MIB))
+        );
         let g = Geometry::plan(10 * MIB + 5, 4096, MIB).expect("fits");
-        assert_eq!((g.segment_count, g.segment_offset(2), g.segment_of(g.segment_offset(8) + 1)), (9, 3 * MIB, 8));
+        assert_eq!(
+            (
+                g.segment_count,
+                g.segment_offset(2),
+                g.segment_of(g.segment_offset(8) + 1)
+            ),
+            (9, 3 * MIB, 8)
+        );
     }
 
     #[test]
@@ -231,7 +271,11 @@ mod tests {
         assert_eq!(t.advance_head(), None);
         assert_eq!(t.in_use(), vec![2, 3, 0, 1]);
         t.free_tail();
-        assert_eq!(t.advance_head(), None, "segment 2 reused before the superblock moved");
+        assert_eq!(
+            t.advance_head(),
+            None,
+            "segment 2 reused before the superblock moved"
+        );
         t.set_durable_tail(3);
         assert_eq!(t.advance_head(), Some(2));
     }

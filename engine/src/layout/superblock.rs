@@ -119,11 +119,17 @@ impl std::fmt::Display for SuperblockDefect {
         match self {
             SuperblockDefect::NoMagic => write!(f, "no Basalt magic"),
             SuperblockDefect::Checksum { stored, computed } => {
-                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             SuperblockDefect::WrongSlot { found } => write!(f, "image written for copy {found}"),
             SuperblockDefect::Version { found } => {
-                write!(f, "format version {found}, this build reads {FORMAT_VERSION}")
+                write!(
+                    f,
+                    "format version {found}, this build reads {FORMAT_VERSION}"
+                )
             }
         }
     }
@@ -156,7 +162,11 @@ impl Superblock {
         put_u64(out, field::DATA_START, self.data_start_offset);
         put_u64(out, field::CHECKPOINT_OFFSET, self.checkpoint.offset);
         put_u64(out, field::CHECKPOINT_SEQUENCE, self.checkpoint.sequence);
-        put_u32(out, field::CHECKPOINT_PREV_CHECKSUM, self.checkpoint.prev_checksum);
+        put_u32(
+            out,
+            field::CHECKPOINT_PREV_CHECKSUM,
+            self.checkpoint.prev_checksum,
+        );
         put_u32(out, field::CHECKPOINT_SEGMENT, self.checkpoint.segment);
         let sum = checksum(out, copy);
         put_u32(out, field::CHECKSUM, sum);
@@ -169,7 +179,10 @@ impl Superblock {
 
     /// Decodes and verifies the image read from copy slot `copy`.
     pub fn decode(copy: usize, image: &[u8]) -> Result<Superblock, SuperblockDefect> {
-        assert!(copy < 2 && image.len() >= SUPERBLOCK_LEN, "superblock image length");
+        assert!(
+            copy < 2 && image.len() >= SUPERBLOCK_LEN,
+            "superblock image length"
+        );
         let image = &image[..SUPERBLOCK_LEN];
         if !Self::has_magic(image) {
             return Err(SuperblockDefect::NoMagic);
@@ -213,7 +226,9 @@ impl Superblock {
     }
 
     /// Picks the newest valid copy among the two decode results.
-    pub fn newest(copies: &[Result<Superblock, SuperblockDefect>; 2]) -> Option<(usize, Superblock)> {
+    pub fn newest(
+        copies: &[Result<Superblock, SuperblockDefect>; 2],
+    ) -> Option<(usize, Superblock)> {
         let mut best: Option<(usize, Superblock)> = None;
         for (i, c) in copies.iter().enumerate() {
             if let Ok(sb) = c {
@@ -242,7 +257,12 @@ mod tests {
             segment_count: 10,
             device_size_bytes: 1 << 30,
             data_start_offset: 1 << 20,
-            checkpoint: Checkpoint { segment: 3, offset: (1 << 20) + 3 * (64 << 20), sequence: 99, prev_checksum: 5 },
+            checkpoint: Checkpoint {
+                segment: 3,
+                offset: (1 << 20) + 3 * (64 << 20),
+                sequence: 99,
+                prev_checksum: 5,
+            },
         }
     }
 
@@ -263,7 +283,10 @@ mod tests {
     fn copy_written_for_one_slot_is_rejected_in_the_other() {
         let mut img = vec![0u8; SUPERBLOCK_LEN];
         sample().encode(0, &mut img);
-        assert!(matches!(Superblock::decode(1, &img), Err(SuperblockDefect::Checksum { .. })));
+        assert!(matches!(
+            Superblock::decode(1, &img),
+            Err(SuperblockDefect::Checksum { .. })
+        ));
     }
 
     #[test]
@@ -271,7 +294,16 @@ mod tests {
         let a = sample();
         let b = Superblock { sequence: 8, ..a };
         assert_eq!(Superblock::newest(&[Ok(a), Ok(b)]), Some((1, b)));
-        assert_eq!(Superblock::newest(&[Ok(a), Err(SuperblockDefect::NoMagic)]), Some((0, a)));
-        assert_eq!(Superblock::newest(&[Err(SuperblockDefect::NoMagic), Err(SuperblockDefect::NoMagic)]), None);
+        assert_eq!(
+            Superblock::newest(&[Ok(a), Err(SuperblockDefect::NoMagic)]),
+            Some((0, a))
+        );
+        assert_eq!(
+            Superblock::newest(&[
+                Err(SuperblockDefect::NoMagic),
+                Err(SuperblockDefect::NoMagic)
+            ]),
+            None
+        );
     }
 }

@@ -61,7 +61,7 @@ pub struct Refusal {
 }
 
 /// Everything the log knows about one region.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RegionIndex {
     /// First available index (compacted index + 1).
     pub first_index: u64,
@@ -84,11 +84,24 @@ pub struct RegionIndex {
     pub refused: Option<Refusal>,
 }
 
-impl RegionIndex {
-    fn new() -> RegionIndex {
-        RegionIndex { first_index: 1, ..Default::default() }
+impl Default for RegionIndex {
+    fn default() -> RegionIndex {
+        RegionIndex {
+            first_index: 1,
+            compacted_term: 0,
+            locs: VecDeque::new(),
+            cache: VecDeque::new(),
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            meta: None,
+            compacted_index: 0,
+            state_segments: [None; 4],
+            refused: None,
+        }
     }
+}
 
+impl RegionIndex {
     /// Index of the last entry (`first_index - 1` when empty).
     pub fn last_index(&self) -> u64 {
         self.first_index + self.locs.len() as u64 - 1
@@ -107,7 +120,9 @@ impl RegionIndex {
         if index < self.first_index {
             return None;
         }
-        self.locs.get((index - self.first_index) as usize).map(|l| l.term)
+        self.locs
+            .get((index - self.first_index) as usize)
+            .map(|l| l.term)
     }
 }
 
@@ -145,12 +160,15 @@ impl LogIndex {
 
     /// Why `region_id` is refused, if it is.
     pub fn refusal(&self, region_id: u64) -> Option<&Refusal> {
-        self.regions.get(&region_id).and_then(|r| r.refused.as_ref()).or(self.refuse_all.as_ref())
+        self.regions
+            .get(&region_id)
+            .and_then(|r| r.refused.as_ref())
+            .or(self.refuse_all.as_ref())
     }
 
     /// Mutable access (recovery marks refusals).
     pub fn region_mut(&mut self, region_id: u64) -> &mut RegionIndex {
-        self.regions.entry(region_id).or_insert_with(RegionIndex::new)
+        self.regions.entry(region_id).or_default()
     }
 
     /// All region ids, ascending.
@@ -168,8 +186,12 @@ impl LogIndex {
     pub fn note_batch(&mut self, at: BatchAt, prev_checksum: u32, bytes: u64) {
         let u = self.segments.usage_mut(at.segment);
         if u.first_batch.is_none() {
-            u.first_batch =
-                Some(Checkpoint { segment: at.segment, offset: at.offset, sequence: at.sequence, prev_checksum });
+            u.first_batch = Some(Checkpoint {
+                segment: at.segment,
+                offset: at.offset,
+                sequence: at.sequence,
+                prev_checksum,
+            });
         }
         u.batch_count += 1;
         u.bytes_used += bytes;
@@ -180,7 +202,9 @@ impl LogIndex {
     pub fn apply(&mut self, record: &Record, entry_spans: &[(u32, u32)], at: BatchAt, cache: bool) {
         let region_id = record.region_id();
         match record {
-            Record::Entries { entries, .. } => self.apply_entries(region_id, entries, entry_spans, at, cache),
+            Record::Entries { entries, .. } => {
+                self.apply_entries(region_id, entries, entry_spans, at, cache)
+            }
             Record::HardState { hard_state, .. } => {
                 self.region_mut(region_id).hard_state = *hard_state;
                 self.move_state(region_id, StateKind::Hard, at.segment);
@@ -219,7 +243,7 @@ impl LogIndex {
         assert_eq!(entries.len(), spans.len(), "entry spans");
         let first = entries[0].index;
         let last = entries[entries.len() - 1].index;
-        let r = self.regions.entry(region_id).or_insert_with(RegionIndex::new);
+        let r = self.regions.entry(region_id).or_default();
         if first > r.last_index() + 1 {
             // Only reachable after corruption dropped records (the writer refuses gaps): start the
             // log over at `first` so that what follows is still indexed.
@@ -240,7 +264,12 @@ impl LogIndex {
                 encoded_len: len,
             });
         }
-        let max = self.segments.usage_mut(at.segment).region_index_max.entry(region_id).or_insert(0);
+        let max = self
+            .segments
+            .usage_mut(at.segment)
+            .region_index_max
+            .entry(region_id)
+            .or_insert(0);
         *max = (*max).max(last);
         if cache {
             for e in entries.iter().skip(skip) {
@@ -253,7 +282,7 @@ impl LogIndex {
     }
 
     fn compact(&mut self, region_id: u64, index: u64, term: u64) {
-        let r = self.regions.entry(region_id).or_insert_with(RegionIndex::new);
+        let r = self.regions.entry(region_id).or_default();
         r.compacted_index = r.compacted_index.max(index);
         if index + 1 == r.first_index {
             // A restated compaction (checkpoint) after recovery met the entries first.
@@ -279,8 +308,12 @@ impl LogIndex {
 
     fn evict(&mut self) {
         while self.cache_bytes > self.cache_bytes_max {
-            let Some((region_id, index)) = self.cache_order.pop_front() else { break };
-            let Some(r) = self.regions.get_mut(&region_id) else { continue };
+            let Some((region_id, index)) = self.cache_order.pop_front() else {
+                break;
+            };
+            let Some(r) = self.regions.get_mut(&region_id) else {
+                continue;
+            };
             if r.cache.front().is_some_and(|e| e.index == index) {
                 let e = r.cache.pop_front().expect("front checked");
                 self.cache_bytes -= e.size_bytes();
@@ -293,7 +326,9 @@ impl LogIndex {
             if self.cache_order.len() > 2 * cached {
                 let regions = &self.regions;
                 self.cache_order.retain(|(rid, i)| {
-                    regions.get(rid).is_some_and(|r| !r.cache.is_empty() && *i >= r.cache_first_index() && *i <= r.last_index())
+                    regions.get(rid).is_some_and(|r| {
+                        !r.cache.is_empty() && *i >= r.cache_first_index() && *i <= r.last_index()
+                    })
                 });
             }
         }
@@ -308,9 +343,11 @@ impl LogIndex {
 
     /// Whether every region's entries in `segment` are compacted (states may still pin it).
     pub fn segment_entries_dead(&self, segment: u32) -> bool {
-        self.segments.usage(segment).region_index_max.iter().all(|(rid, &max)| {
-            self.regions.get(rid).is_none_or(|r| max < r.first_index)
-        })
+        self.segments
+            .usage(segment)
+            .region_index_max
+            .iter()
+            .all(|(rid, &max)| self.regions.get(rid).is_none_or(|r| max < r.first_index))
     }
 
     /// The records that restate every region's latest state (a checkpoint's contents).
@@ -318,16 +355,29 @@ impl LogIndex {
         let mut out = Vec::new();
         for (&region_id, r) in &self.regions {
             if r.state_segments[StateKind::Hard as usize].is_some() {
-                out.push(Record::HardState { region_id, hard_state: r.hard_state });
+                out.push(Record::HardState {
+                    region_id,
+                    hard_state: r.hard_state,
+                });
             }
             if r.state_segments[StateKind::Conf as usize].is_some() {
-                out.push(Record::ConfState { region_id, conf_state: r.conf_state.clone() });
+                out.push(Record::ConfState {
+                    region_id,
+                    conf_state: r.conf_state.clone(),
+                });
             }
             if r.state_segments[StateKind::Compact as usize].is_some() {
-                out.push(Record::Compact { region_id, index: r.first_index - 1, term: r.compacted_term });
+                out.push(Record::Compact {
+                    region_id,
+                    index: r.first_index - 1,
+                    term: r.compacted_term,
+                });
             }
             if let (Some(_), Some(meta)) = (r.state_segments[StateKind::Meta as usize], &r.meta) {
-                out.push(Record::RegionMeta { region_id, data: meta.clone() });
+                out.push(Record::RegionMeta {
+                    region_id,
+                    data: meta.clone(),
+                });
             }
         }
         out
@@ -355,12 +405,21 @@ mod tests {
     }
 
     fn at(segment: u32) -> BatchAt {
-        BatchAt { segment, offset: 0, sequence: 1 }
+        BatchAt {
+            segment,
+            offset: 0,
+            sequence: 1,
+        }
     }
 
     fn ents(region_id: u64, first: u64, n: u64, term: u64) -> (Record, Vec<(u32, u32)>) {
-        let entries = (first..first + n).map(|i| Entry::new(term, i, vec![i as u8; 10])).collect();
-        (Record::Entries { region_id, entries }, (0..n).map(|i| (i as u32 * 40, 40)).collect())
+        let entries = (first..first + n)
+            .map(|i| Entry::new(term, i, vec![i as u8; 10]))
+            .collect();
+        (
+            Record::Entries { region_id, entries },
+            (0..n).map(|i| (i as u32 * 40, 40)).collect(),
+        )
     }
 
     #[test]
@@ -372,8 +431,14 @@ mod tests {
         ix.apply(&r, &s, at(0), true);
         let reg = ix.region(1).expect("region");
         assert_eq!((reg.first_index, reg.last_index()), (1, 7));
-        assert_eq!((reg.term(5), reg.term(6), reg.term(8)), (Some(1), Some(2), None));
-        assert_eq!(reg.cache.iter().map(|e| e.index).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+        assert_eq!(
+            (reg.term(5), reg.term(6), reg.term(8)),
+            (Some(1), Some(2), None)
+        );
+        assert_eq!(
+            reg.cache.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -381,16 +446,43 @@ mod tests {
         let mut ix = index(1 << 20);
         let (r, s) = ents(1, 1, 5, 1);
         ix.apply(&r, &s, at(0), true);
-        ix.apply(&Record::HardState { region_id: 1, hard_state: HardState { term: 1, vote: 1, commit: 5 } }, &[], at(0), true);
+        ix.apply(
+            &Record::HardState {
+                region_id: 1,
+                hard_state: HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: 5,
+                },
+            },
+            &[],
+            at(0),
+            true,
+        );
         assert!(!ix.segment_is_dead(0));
-        ix.apply(&Record::Compact { region_id: 1, index: 5, term: 1 }, &[], at(1), true);
-        assert!(ix.segment_entries_dead(0) && !ix.segment_is_dead(0), "hard state pins segment 0");
+        ix.apply(
+            &Record::Compact {
+                region_id: 1,
+                index: 5,
+                term: 1,
+            },
+            &[],
+            at(1),
+            true,
+        );
+        assert!(
+            ix.segment_entries_dead(0) && !ix.segment_is_dead(0),
+            "hard state pins segment 0"
+        );
         for rec in ix.latest_state_records() {
             ix.apply(&rec, &[], at(1), true);
         }
         assert!(ix.segment_is_dead(0));
         let reg = ix.region(1).expect("region");
-        assert_eq!((reg.first_index, reg.last_index(), reg.term(5)), (6, 5, Some(1)));
+        assert_eq!(
+            (reg.first_index, reg.last_index(), reg.term(5)),
+            (6, 5, Some(1))
+        );
     }
 
     #[test]

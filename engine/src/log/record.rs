@@ -59,11 +59,22 @@ pub fn summarize<'a>(records: impl IntoIterator<Item = &'a Record>) -> Option<Ve
         let s = spans.entry(r.region_id()).or_insert((0, 0));
         if let Record::Entries { entries, .. } = r {
             let (first, last) = (entries[0].index, entries[entries.len() - 1].index);
-            *s = if s.0 == 0 { (first, last) } else { (s.0.min(first), s.1.max(last)) };
+            *s = if s.0 == 0 {
+                (first, last)
+            } else {
+                (s.0.min(first), s.1.max(last))
+            };
         }
     }
     (spans.len() <= SUMMARY_SPANS_MAX).then(|| {
-        spans.into_iter().map(|(region_id, (first_index, last_index))| RegionSpan { region_id, first_index, last_index }).collect()
+        spans
+            .into_iter()
+            .map(|(region_id, (first_index, last_index))| RegionSpan {
+                region_id,
+                first_index,
+                last_index,
+            })
+            .collect()
     })
 }
 
@@ -163,11 +174,19 @@ impl Record {
         match self {
             Record::Entries { entries, .. } => {
                 ENTRIES_BODY_FIXED_LEN
-                    + entries.iter().map(|e| ENTRY_HEADER_LEN + e.context.len() + e.data.len()).sum::<usize>()
+                    + entries
+                        .iter()
+                        .map(|e| ENTRY_HEADER_LEN + e.context.len() + e.data.len())
+                        .sum::<usize>()
             }
             Record::HardState { .. } => 32,
             Record::ConfState { conf_state: c, .. } => {
-                8 + 1 + 16 + 8 * (c.voters.len() + c.learners.len() + c.voters_outgoing.len() + c.learners_next.len())
+                8 + 1
+                    + 16
+                    + 8 * (c.voters.len()
+                        + c.learners.len()
+                        + c.voters_outgoing.len()
+                        + c.learners_next.len())
             }
             Record::Compact { .. } => 24,
             Record::RegionMeta { data, .. } => 8 + data.len(),
@@ -188,7 +207,11 @@ impl Record {
                 out.put(&(entries.len() as u32).to_le_bytes());
                 let mut pos = RECORD_HEADER_LEN + ENTRIES_BODY_FIXED_LEN;
                 for (i, e) in entries.iter().enumerate() {
-                    assert_eq!(e.index, entries[0].index + i as u64, "entries record not consecutive");
+                    assert_eq!(
+                        e.index,
+                        entries[0].index + i as u64,
+                        "entries record not consecutive"
+                    );
                     on_entry(e.index, pos);
                     out.put(&e.term.to_le_bytes());
                     out.put(&[entry_type_code(e.entry_type)]);
@@ -199,12 +222,18 @@ impl Record {
                     pos += ENTRY_HEADER_LEN + e.context.len() + e.data.len();
                 }
             }
-            Record::HardState { region_id, hard_state: h } => {
+            Record::HardState {
+                region_id,
+                hard_state: h,
+            } => {
                 for v in [*region_id, h.term, h.vote, h.commit] {
                     out.put(&v.to_le_bytes());
                 }
             }
-            Record::ConfState { region_id, conf_state: c } => {
+            Record::ConfState {
+                region_id,
+                conf_state: c,
+            } => {
                 out.put(&region_id.to_le_bytes());
                 out.put(&[u8::from(c.auto_leave)]);
                 for list in [&c.voters, &c.learners, &c.voters_outgoing, &c.learners_next] {
@@ -214,7 +243,11 @@ impl Record {
                     }
                 }
             }
-            Record::Compact { region_id, index, term } => {
+            Record::Compact {
+                region_id,
+                index,
+                term,
+            } => {
                 for v in [*region_id, *index, *term] {
                     out.put(&v.to_le_bytes());
                 }
@@ -311,7 +344,10 @@ pub struct PayloadError {
 /// Decodes the batch header at the start of `payload`.
 pub fn batch_header(payload: &[u8]) -> Result<BatchHeader, PayloadError> {
     if payload.len() < BATCH_HEADER_LEN {
-        return Err(PayloadError { pos: 0, what: "shorter than a batch header" });
+        return Err(PayloadError {
+            pos: 0,
+            what: "shorter than a batch header",
+        });
     }
     let count = get_u32(payload, batch_field::SUMMARY_COUNT);
     let prev_summary = if count == SUMMARY_TOO_LONG {
@@ -321,7 +357,11 @@ pub fn batch_header(payload: &[u8]) -> Result<BatchHeader, PayloadError> {
         need(payload, BATCH_HEADER_LEN, n.saturating_mul(SPAN_LEN))?;
         let span = |i: usize| {
             let at = BATCH_HEADER_LEN + i * SPAN_LEN;
-            RegionSpan { region_id: get_u64(payload, at), first_index: get_u64(payload, at + 8), last_index: get_u64(payload, at + 16) }
+            RegionSpan {
+                region_id: get_u64(payload, at),
+                first_index: get_u64(payload, at + 8),
+                last_index: get_u64(payload, at + 16),
+            }
         };
         Some((0..n).map(span).collect())
     };
@@ -348,7 +388,10 @@ pub struct DecodedRecord {
 pub fn decode_records(payload: &Bytes) -> Result<(BatchHeader, Vec<DecodedRecord>), PayloadError> {
     let header = batch_header(payload)?;
     if header.payload_len as usize != payload.len() {
-        return Err(PayloadError { pos: batch_field::PAYLOAD_LEN, what: "payload length mismatch" });
+        return Err(PayloadError {
+            pos: batch_field::PAYLOAD_LEN,
+            what: "payload length mismatch",
+        });
     }
     let mut pos = BATCH_HEADER_LEN + summary_len(header.prev_summary.as_deref());
     let mut records = Vec::with_capacity(header.record_count as usize);
@@ -358,14 +401,20 @@ pub fn decode_records(payload: &Bytes) -> Result<(BatchHeader, Vec<DecodedRecord
         pos = next;
     }
     if pos != payload.len() {
-        return Err(PayloadError { pos, what: "bytes after the last record" });
+        return Err(PayloadError {
+            pos,
+            what: "bytes after the last record",
+        });
     }
     Ok((header, records))
 }
 
 fn need(payload: &[u8], pos: usize, len: usize) -> Result<(), PayloadError> {
     if pos.checked_add(len).is_none_or(|end| end > payload.len()) {
-        return Err(PayloadError { pos, what: "truncated record" });
+        return Err(PayloadError {
+            pos,
+            what: "truncated record",
+        });
     }
     Ok(())
 }
@@ -377,39 +426,83 @@ fn decode_record(p: &Bytes, pos: usize) -> Result<(DecodedRecord, usize), Payloa
     let body = pos + RECORD_HEADER_LEN;
     need(p, body, body_len)?;
     let end = body + body_len;
-    let fixed = |len: usize| if body_len == len { Ok(()) } else { Err(PayloadError { pos, what: "bad record length" }) };
+    let fixed = |len: usize| {
+        if body_len == len {
+            Ok(())
+        } else {
+            Err(PayloadError {
+                pos,
+                what: "bad record length",
+            })
+        }
+    };
     let mut spans = Vec::new();
     let record = match k {
         kind::ENTRIES => decode_entries(p, body, end, &mut spans)?,
         kind::HARD_STATE => {
             fixed(32)?;
-            let hard_state =
-                HardState { term: get_u64(p, body + 8), vote: get_u64(p, body + 16), commit: get_u64(p, body + 24) };
-            Record::HardState { region_id: get_u64(p, body), hard_state }
+            let hard_state = HardState {
+                term: get_u64(p, body + 8),
+                vote: get_u64(p, body + 16),
+                commit: get_u64(p, body + 24),
+            };
+            Record::HardState {
+                region_id: get_u64(p, body),
+                hard_state,
+            }
         }
         kind::CONF_STATE => decode_conf_state(p, body, end)?,
         kind::COMPACT => {
             fixed(24)?;
-            Record::Compact { region_id: get_u64(p, body), index: get_u64(p, body + 8), term: get_u64(p, body + 16) }
+            Record::Compact {
+                region_id: get_u64(p, body),
+                index: get_u64(p, body + 8),
+                term: get_u64(p, body + 16),
+            }
         }
         kind::REGION_META => {
             if body_len < 8 {
-                return Err(PayloadError { pos, what: "bad record length" });
+                return Err(PayloadError {
+                    pos,
+                    what: "bad record length",
+                });
             }
-            Record::RegionMeta { region_id: get_u64(p, body), data: p.slice(body + 8..end) }
+            Record::RegionMeta {
+                region_id: get_u64(p, body),
+                data: p.slice(body + 8..end),
+            }
         }
-        _ => return Err(PayloadError { pos, what: "unknown record kind" }),
+        _ => {
+            return Err(PayloadError {
+                pos,
+                what: "unknown record kind",
+            })
+        }
     };
-    Ok((DecodedRecord { record, entry_spans: spans }, end))
+    Ok((
+        DecodedRecord {
+            record,
+            entry_spans: spans,
+        },
+        end,
+    ))
 }
 
-fn decode_entries(p: &Bytes, body: usize, end: usize, spans: &mut Vec<(u32, u32)>) -> Result<Record, PayloadError> {
+fn decode_entries(
+    p: &Bytes,
+    body: usize,
+    end: usize,
+    spans: &mut Vec<(u32, u32)>,
+) -> Result<Record, PayloadError> {
     need(&p[..end], body, ENTRIES_BODY_FIXED_LEN)?;
     let region_id = get_u64(p, body);
     let first_index = get_u64(p, body + 8);
     let count = get_u32(p, body + 16) as usize;
     if count == 0 {
-        return Err(PayloadError { pos: body, what: "empty entries record" });
+        return Err(PayloadError {
+            pos: body,
+            what: "empty entries record",
+        });
     }
     let mut entries = Vec::with_capacity(count.min(end - body));
     let mut pos = body + ENTRIES_BODY_FIXED_LEN;
@@ -420,30 +513,55 @@ fn decode_entries(p: &Bytes, body: usize, end: usize, spans: &mut Vec<(u32, u32)
         pos = next;
     }
     if pos != end {
-        return Err(PayloadError { pos, what: "entries record length mismatch" });
+        return Err(PayloadError {
+            pos,
+            what: "entries record length mismatch",
+        });
     }
     Ok(Record::Entries { region_id, entries })
 }
 
 /// Decodes the entry whose header is at payload position `pos` (the record ends at `end`).
-pub fn decode_entry(p: &Bytes, pos: usize, end: usize, index: u64) -> Result<(Entry, usize), PayloadError> {
+pub fn decode_entry(
+    p: &Bytes,
+    pos: usize,
+    end: usize,
+    index: u64,
+) -> Result<(Entry, usize), PayloadError> {
     need(&p[..end], pos, ENTRY_HEADER_LEN)?;
     let term = get_u64(p, pos);
-    let entry_type = entry_type_of(p[pos + 8]).ok_or(PayloadError { pos, what: "unknown entry type" })?;
+    let entry_type = entry_type_of(p[pos + 8]).ok_or(PayloadError {
+        pos,
+        what: "unknown entry type",
+    })?;
     let context_len = get_u32(p, pos + 9) as usize;
     let data_len = get_u32(p, pos + 13) as usize;
     let ctx = pos + ENTRY_HEADER_LEN;
     need(&p[..end], ctx, context_len + data_len)?;
     let data_at = ctx + context_len;
-    let entry = Entry { entry_type, term, index, context: p.slice(ctx..data_at), data: p.slice(data_at..data_at + data_len) };
+    let entry = Entry {
+        entry_type,
+        term,
+        index,
+        context: p.slice(ctx..data_at),
+        data: p.slice(data_at..data_at + data_len),
+    };
     Ok((entry, data_at + data_len))
 }
 
 fn decode_conf_state(p: &[u8], body: usize, end: usize) -> Result<Record, PayloadError> {
     need(&p[..end], body, 9)?;
-    let mut c = ConfState { auto_leave: p[body + 8] != 0, ..Default::default() };
+    let mut c = ConfState {
+        auto_leave: p[body + 8] != 0,
+        ..Default::default()
+    };
     let mut pos = body + 9;
-    for list in [&mut c.voters, &mut c.learners, &mut c.voters_outgoing, &mut c.learners_next] {
+    for list in [
+        &mut c.voters,
+        &mut c.learners,
+        &mut c.voters_outgoing,
+        &mut c.learners_next,
+    ] {
         need(&p[..end], pos, 4)?;
         let n = get_u32(p, pos) as usize;
         pos += 4;
@@ -452,9 +570,15 @@ fn decode_conf_state(p: &[u8], body: usize, end: usize) -> Result<Record, Payloa
         pos += 8 * n;
     }
     if pos != end {
-        return Err(PayloadError { pos, what: "conf state length mismatch" });
+        return Err(PayloadError {
+            pos,
+            what: "conf state length mismatch",
+        });
     }
-    Ok(Record::ConfState { region_id: get_u64(p, body), conf_state: c })
+    Ok(Record::ConfState {
+        region_id: get_u64(p, body),
+        conf_state: c,
+    })
 }
 
 #[cfg(test)]
@@ -466,26 +590,59 @@ mod tests {
         e2.entry_type = EntryType::EntryConfChangeV2;
         e2.context = Bytes::from_static(b"ctx");
         vec![
-            Record::Entries { region_id: 9, entries: vec![Entry::new(3, 7, &b"first"[..]), e2] },
-            Record::HardState { region_id: 9, hard_state: HardState { term: 3, vote: 2, commit: 7 } },
+            Record::Entries {
+                region_id: 9,
+                entries: vec![Entry::new(3, 7, &b"first"[..]), e2],
+            },
+            Record::HardState {
+                region_id: 9,
+                hard_state: HardState {
+                    term: 3,
+                    vote: 2,
+                    commit: 7,
+                },
+            },
             Record::ConfState {
                 region_id: 4,
-                conf_state: ConfState { voters: vec![1, 2], learners_next: vec![5], auto_leave: true, ..Default::default() },
+                conf_state: ConfState {
+                    voters: vec![1, 2],
+                    learners_next: vec![5],
+                    auto_leave: true,
+                    ..Default::default()
+                },
             },
-            Record::Compact { region_id: 4, index: 100, term: 2 },
-            Record::RegionMeta { region_id: 4, data: Bytes::from_static(b"meta") },
+            Record::Compact {
+                region_id: 4,
+                index: 100,
+                term: 2,
+            },
+            Record::RegionMeta {
+                region_id: 4,
+                data: Bytes::from_static(b"meta"),
+            },
         ]
     }
 
     fn encode(records: &[Record]) -> Bytes {
-        let summary = vec![RegionSpan { region_id: 3, first_index: 5, last_index: 9 }];
+        let summary = vec![RegionSpan {
+            region_id: 3,
+            first_index: 5,
+            last_index: 9,
+        }];
         let mut out = vec![0u8; BATCH_HEADER_LEN];
         put_summary(&mut out, Some(&summary));
         for r in records {
             r.encode(&mut out, |_, _| {});
         }
         let len = out.len() as u32;
-        put_batch_header(&mut out, 0xabcd, records.len() as u32, len, 0, Some(&summary));
+        put_batch_header(
+            &mut out,
+            0xabcd,
+            records.len() as u32,
+            len,
+            0,
+            Some(&summary),
+        );
         Bytes::from(out)
     }
 
@@ -495,20 +652,55 @@ mod tests {
         let payload = encode(&recs);
         let (h, decoded) = decode_records(&payload).expect("decodes");
         assert_eq!(h.prev_checksum, 0xabcd);
-        assert_eq!(h.prev_summary, Some(vec![RegionSpan { region_id: 3, first_index: 5, last_index: 9 }]));
+        assert_eq!(
+            h.prev_summary,
+            Some(vec![RegionSpan {
+                region_id: 3,
+                first_index: 5,
+                last_index: 9
+            }])
+        );
         let spans = summarize(&recs).expect("short");
-        assert_eq!(spans[1], RegionSpan { region_id: 9, first_index: 7, last_index: 8 });
-        assert_eq!(spans[0], RegionSpan { region_id: 4, first_index: 0, last_index: 0 });
-        assert_eq!(decoded.iter().map(|d| d.record.clone()).collect::<Vec<_>>(), recs);
+        assert_eq!(
+            spans[1],
+            RegionSpan {
+                region_id: 9,
+                first_index: 7,
+                last_index: 8
+            }
+        );
+        assert_eq!(
+            spans[0],
+            RegionSpan {
+                region_id: 4,
+                first_index: 0,
+                last_index: 0
+            }
+        );
+        assert_eq!(
+            decoded.iter().map(|d| d.record.clone()).collect::<Vec<_>>(),
+            recs
+        );
         for (i, &(pos, len)) in decoded[0].entry_spans.iter().enumerate() {
-            let (e, next) = decode_entry(&payload, pos as usize, payload.len(), 7 + i as u64).expect("entry");
+            let (e, next) =
+                decode_entry(&payload, pos as usize, payload.len(), 7 + i as u64).expect("entry");
             assert_eq!(next - pos as usize, len as usize);
-            assert_eq!(Record::Entries { region_id: 9, entries: vec![e.clone()] }.region_id(), 9);
+            assert_eq!(
+                Record::Entries {
+                    region_id: 9,
+                    entries: vec![e.clone()]
+                }
+                .region_id(),
+                9
+            );
             if let Record::Entries { entries, .. } = &recs[0] {
                 assert_eq!(e, entries[i]);
             }
         }
-        assert_eq!(recs.iter().map(Record::encoded_len).sum::<usize>() + BATCH_HEADER_LEN + SPAN_LEN, payload.len());
+        assert_eq!(
+            recs.iter().map(Record::encoded_len).sum::<usize>() + BATCH_HEADER_LEN + SPAN_LEN,
+            payload.len()
+        );
     }
 
     #[test]
@@ -519,7 +711,10 @@ mod tests {
             if short.len() >= BATCH_HEADER_LEN {
                 put_u32(&mut short, batch_field::PAYLOAD_LEN, cut as u32);
             }
-            assert!(decode_records(&Bytes::from(short)).is_err(), "cut at {cut} decoded");
+            assert!(
+                decode_records(&Bytes::from(short)).is_err(),
+                "cut at {cut} decoded"
+            );
         }
     }
 }

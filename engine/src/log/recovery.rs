@@ -28,7 +28,7 @@ use super::writer::WritePos;
 use super::DeviceSlot;
 use crate::error::{EngineError, Result};
 use crate::io::AlignedBuf;
-use crate::layout::block::{payload, verify, BlockHeader};
+use crate::layout::block::{payload, payload_capacity, verify, BlockHeader};
 use crate::layout::segment::{Geometry, SegmentTable};
 use crate::layout::{Superblock, MIB};
 
@@ -121,74 +121,178 @@ pub(crate) struct BlockReader<'a> {
     pub label: &'a str,
     pub bytes_read: u64,
     window: Option<(u64, AlignedBuf)>,
+    /// A read of the window after the current one, in flight while the current one is scanned:
+    /// `(offset, len, tag)`. Only when scanning (`prefetch`).
+    next: Option<(u64, u64, u64)>,
+    prefetch: bool,
 }
 
-const READ_AHEAD_BYTES: u64 = MIB;
+/// Bytes read at once while scanning (bounded by the segment's end).
+const READ_AHEAD_BYTES: u64 = 8 * MIB;
+
+impl Drop for BlockReader<'_> {
+    fn drop(&mut self) {
+        // Never leave a read in flight for the writer to reap.
+        if let Some((_, _, tag)) = self.next.take() {
+            let _ = self.dev.finish_read(tag);
+        }
+    }
+}
 
 impl<'a> BlockReader<'a> {
-    pub fn new(dev: &'a mut DeviceSlot, geo: Geometry, nonce: u64, label: &'a str) -> BlockReader<'a> {
-        BlockReader { dev, geo, nonce, label, bytes_read: 0, window: None }
+    pub fn new(
+        dev: &'a mut DeviceSlot,
+        geo: Geometry,
+        nonce: u64,
+        label: &'a str,
+    ) -> BlockReader<'a> {
+        BlockReader {
+            dev,
+            geo,
+            nonce,
+            label,
+            bytes_read: 0,
+            window: None,
+            next: None,
+            prefetch: false,
+        }
+    }
+
+    /// Reads ahead: while one window is scanned, the next one of the same segment is read.
+    pub fn with_prefetch(mut self) -> Self {
+        self.prefetch = true;
+        self
+    }
+
+    fn io_err(&self) -> impl Fn(crate::io::IoError) -> EngineError + '_ {
+        move |source| EngineError::Io {
+            device: self.label.to_string(),
+            source,
+        }
     }
 
     /// The raw block at `offset`.
     pub fn raw(&mut self, offset: u64) -> Result<&[u8]> {
         let bs = self.geo.block_size as u64;
-        let hit = self.window.as_ref().is_some_and(|(s, b)| offset >= *s && offset + bs <= *s + b.len() as u64);
+        let hit = self
+            .window
+            .as_ref()
+            .is_some_and(|(s, b)| offset >= *s && offset + bs <= *s + b.len() as u64);
         if !hit {
-            let end = self.geo.segment_end(self.geo.segment_of(offset));
-            let len = READ_AHEAD_BYTES.min(end - offset);
-            let buf = self
-                .dev
-                .read(offset, len as usize, self.geo.block_size as usize)
-                .map_err(|source| EngineError::Io { device: self.label.to_string(), source })?;
-            self.bytes_read += len;
-            self.window = Some((offset, buf));
+            self.load(offset)?;
         }
-        let (start, buf) = self.window.as_ref().expect("window filled above");
+        let (start, buf) = self.window.as_ref().expect("window filled by load");
         let at = (offset - start) as usize;
         Ok(&buf.as_slice()[at..at + bs as usize])
     }
 
-    /// The block at `offset`, verified.
-    pub fn block(&mut self, offset: u64) -> Result<std::result::Result<(BlockHeader, Vec<u8>), String>> {
+    fn load(&mut self, offset: u64) -> Result<()> {
+        let end = self.geo.segment_end(self.geo.segment_of(offset));
+        let align = self.geo.block_size as usize;
+        let buf = match self.next.take() {
+            Some((at, len, tag)) if at == offset => {
+                let buf = self.dev.finish_read(tag).map_err(self.io_err())?;
+                self.bytes_read += len;
+                buf
+            }
+            stale => {
+                if let Some((_, _, tag)) = stale {
+                    let _ = self.dev.finish_read(tag);
+                }
+                let len = READ_AHEAD_BYTES.min(end - offset);
+                self.bytes_read += len;
+                self.dev
+                    .read(offset, len as usize, align)
+                    .map_err(self.io_err())?
+            }
+        };
+        let next_at = offset + buf.len() as u64;
+        if self.prefetch && next_at < end {
+            let len = READ_AHEAD_BYTES.min(end - next_at);
+            let tag = self
+                .dev
+                .start_read(next_at, len as usize, align)
+                .map_err(self.io_err())?;
+            self.next = Some((next_at, len, tag));
+        }
+        self.window = Some((offset, buf));
+        Ok(())
+    }
+
+    /// The header of the block at `offset`, verified.
+    pub fn verified(&mut self, offset: u64) -> Result<std::result::Result<BlockHeader, String>> {
         let nonce = self.nonce;
         let raw = self.raw(offset)?;
-        Ok(match verify(raw, offset, nonce) {
-            Ok(h) => Ok((h, payload(raw, &h).to_vec())),
-            Err(d) => Err(format!("block at {offset}: {d}")),
+        Ok(verify(raw, offset, nonce).map_err(|d| format!("block at {offset}: {d}")))
+    }
+
+    /// The block at `offset`, verified, with a copy of its payload.
+    pub fn block(
+        &mut self,
+        offset: u64,
+    ) -> Result<std::result::Result<(BlockHeader, Vec<u8>), String>> {
+        Ok(match self.verified(offset)? {
+            Ok(h) => Ok((h, payload(self.raw(offset)?, &h).to_vec())),
+            Err(d) => Err(d),
         })
     }
 
     /// Reads the batch expected at `offset` with `sequence` (and chain value `prev`, if given).
-    pub fn batch(&mut self, offset: u64, sequence: u64, prev: Option<u32>) -> Result<std::result::Result<ScannedBatch, Miss>> {
+    pub fn batch(
+        &mut self,
+        offset: u64,
+        sequence: u64,
+        prev: Option<u32>,
+    ) -> Result<std::result::Result<ScannedBatch, Miss>> {
         let bs = self.geo.block_size as u64;
         let seg_end = self.geo.segment_end(self.geo.segment_of(offset));
-        let miss = |detail: String, blocks_valid: u32| Ok(Err(Miss { detail, blocks_valid }));
-        let (h0, first) = match self.block(offset)? {
-            Ok(x) => x,
+        let miss = |detail: String, blocks_valid: u32| {
+            Ok(Err(Miss {
+                detail,
+                blocks_valid,
+            }))
+        };
+        let h0 = match self.verified(offset)? {
+            Ok(h) => h,
             Err(d) => return miss(d, 0),
         };
         if h0.sequence != sequence || h0.block_index != 0 {
-            return miss(format!("block at {offset} holds sequence {} block {}, expected {sequence} block 0", h0.sequence, h0.block_index), 0);
+            return miss(
+                format!(
+                    "block at {offset} holds sequence {} block {}, expected {sequence} block 0",
+                    h0.sequence, h0.block_index
+                ),
+                0,
+            );
         }
         let n = h0.block_count;
         if offset + n as u64 * bs > seg_end {
-            return miss(format!("batch at {offset} of {n} blocks crosses its segment's end"), 0);
+            return miss(
+                format!("batch at {offset} of {n} blocks crosses its segment's end"),
+                0,
+            );
         }
-        let mut data = first;
+        let mut data = Vec::with_capacity(n as usize * payload_capacity(bs as usize));
+        data.extend_from_slice(payload(self.raw(offset)?, &h0));
         let mut chain = crc32fast::Hasher::new();
         chain.update(&h0.checksum.to_le_bytes());
         for i in 1..n {
             let at = offset + i as u64 * bs;
-            let (h, p) = match self.block(at)? {
-                Ok(x) => x,
+            let h = match self.verified(at)? {
+                Ok(h) => h,
                 Err(d) => return miss(d, i),
             };
             if h.sequence != sequence || h.block_index != i || h.block_count != n {
-                return miss(format!("block at {at} belongs to sequence {} block {}", h.sequence, h.block_index), i);
+                return miss(
+                    format!(
+                        "block at {at} belongs to sequence {} block {}",
+                        h.sequence, h.block_index
+                    ),
+                    i,
+                );
             }
             chain.update(&h.checksum.to_le_bytes());
-            data.extend_from_slice(&p);
+            data.extend_from_slice(payload(self.raw(at)?, &h));
         }
         let payload = Bytes::from(data);
         let (header, records) = match decode_records(&payload) {
@@ -196,9 +300,21 @@ impl<'a> BlockReader<'a> {
             Err(e) => return miss(format!("batch at {offset}: {e}"), n),
         };
         if let Some(p) = prev.filter(|p| *p != header.prev_checksum) {
-            return miss(format!("batch at {offset}: chain checksum {:#010x}, expected {p:#010x}", header.prev_checksum), n);
+            return miss(
+                format!(
+                    "batch at {offset}: chain checksum {:#010x}, expected {p:#010x}",
+                    header.prev_checksum
+                ),
+                n,
+            );
         }
-        Ok(Ok(ScannedBatch { records, prev_summary: header.prev_summary, blocks: n, checksum: chain.finalize(), prev_checksum: header.prev_checksum }))
+        Ok(Ok(ScannedBatch {
+            records,
+            prev_summary: header.prev_summary,
+            blocks: n,
+            checksum: chain.finalize(),
+            prev_checksum: header.prev_checksum,
+        }))
     }
 }
 
@@ -211,12 +327,17 @@ pub(crate) struct Recovered {
 
 /// Scans the log of the store described by `sb` and rebuilds the index. The caller has flushed
 /// the device once (nothing a crashed process wrote is trusted before that).
-pub(crate) fn recover(dev: &mut DeviceSlot, sb: &Superblock, label: &str, cache_bytes_max: u64) -> Result<Recovered> {
+pub(crate) fn recover(
+    dev: &mut DeviceSlot,
+    sb: &Superblock,
+    label: &str,
+    cache_bytes_max: u64,
+) -> Result<Recovered> {
     let started = Instant::now();
     let geo = Geometry::of(sb);
     let cp = sb.checkpoint;
     let mut scan = Scan {
-        reader: BlockReader::new(dev, geo, sb.format_nonce, label),
+        reader: BlockReader::new(dev, geo, sb.format_nonce, label).with_prefetch(),
         index: LogIndex::new(SegmentTable::new(geo, cp.segment), cache_bytes_max),
         pos: WritePos {
             segment: cp.segment,
@@ -225,7 +346,10 @@ pub(crate) fn recover(dev: &mut DeviceSlot, sb: &Superblock, label: &str, cache_
             prev_checksum: cp.prev_checksum,
             prev_summary: None,
         },
-        report: RecoveryReport { superblock_sequence: sb.sequence, ..Default::default() },
+        report: RecoveryReport {
+            superblock_sequence: sb.sequence,
+            ..Default::default()
+        },
         gap_check: None,
     };
     scan.run()?;
@@ -242,7 +366,11 @@ pub(crate) fn recover(dev: &mut DeviceSlot, sb: &Superblock, label: &str, cache_
         corruptions = report.corruptions.len(),
         "log recovered"
     );
-    Ok(Recovered { index: scan.index, pos: scan.pos, report })
+    Ok(Recovered {
+        index: scan.index,
+        pos: scan.pos,
+        report,
+    })
 }
 
 struct GapCheck {
@@ -265,9 +393,16 @@ impl Scan<'_> {
         loop {
             let seg_start = geo.segment_offset(self.pos.segment);
             let here = if self.pos.offset < geo.segment_end(self.pos.segment) {
-                self.reader.batch(self.pos.offset, self.pos.sequence, Some(self.pos.prev_checksum))?
+                self.reader.batch(
+                    self.pos.offset,
+                    self.pos.sequence,
+                    Some(self.pos.prev_checksum),
+                )?
             } else {
-                Err(Miss { detail: "segment full".into(), blocks_valid: 0 })
+                Err(Miss {
+                    detail: "segment full".into(),
+                    blocks_valid: 0,
+                })
             };
             let miss = match here {
                 Ok(b) => {
@@ -278,7 +413,11 @@ impl Scan<'_> {
             };
             let next = geo.next_segment(self.pos.segment);
             if self.pos.offset != seg_start && next != self.index.segments.durable_tail() {
-                let there = self.reader.batch(geo.segment_offset(next), self.pos.sequence, Some(self.pos.prev_checksum))?;
+                let there = self.reader.batch(
+                    geo.segment_offset(next),
+                    self.pos.sequence,
+                    Some(self.pos.prev_checksum),
+                )?;
                 if let Ok(b) = there {
                     self.enter_segment(next)?;
                     self.apply(b);
@@ -306,8 +445,13 @@ impl Scan<'_> {
 
     fn apply(&mut self, b: ScannedBatch) {
         let bs = self.reader.geo.block_size as u64;
-        let at = BatchAt { segment: self.pos.segment, offset: self.pos.offset, sequence: self.pos.sequence };
-        self.index.note_batch(at, b.prev_checksum, b.blocks as u64 * bs);
+        let at = BatchAt {
+            segment: self.pos.segment,
+            offset: self.pos.offset,
+            sequence: self.pos.sequence,
+        };
+        self.index
+            .note_batch(at, b.prev_checksum, b.blocks as u64 * bs);
         for d in &b.records {
             self.check_gap(&d.record);
             self.index.apply(&d.record, &d.entry_spans, at, true);
@@ -322,7 +466,9 @@ impl Scan<'_> {
 
     /// After a corruption, the first record of each region tells whether entries were lost.
     fn check_gap(&mut self, record: &Record) {
-        let Some(g) = self.gap_check.as_mut() else { return };
+        let Some(g) = self.gap_check.as_mut() else {
+            return;
+        };
         let region_id = record.region_id();
         if !g.checked.insert(region_id) {
             return;
@@ -330,7 +476,11 @@ impl Scan<'_> {
         if let Record::Entries { entries, .. } = record {
             let last = g.last_before.get(&region_id).copied().unwrap_or(0);
             if entries[0].index > last + 1 {
-                self.report.corruptions[g.corruption].regions.push((region_id, last + 1, entries[0].index - 1));
+                self.report.corruptions[g.corruption].regions.push((
+                    region_id,
+                    last + 1,
+                    entries[0].index - 1,
+                ));
             }
         }
     }
@@ -351,9 +501,9 @@ impl Scan<'_> {
         for (start, end) in windows {
             let mut at = start;
             while at < end {
-                match self.reader.block(at)? {
-                    Ok((h, _)) if h.sequence == seq => same += 1,
-                    Ok((h, _)) if h.sequence > seq && h.block_index == 0 => newer.push((at, h)),
+                match self.reader.verified(at)? {
+                    Ok(h) if h.sequence == seq => same += 1,
+                    Ok(h) if h.sequence > seq && h.block_index == 0 => newer.push((at, h)),
                     Ok(_) => {}
                     // A damaged block that still names the expected batch: evidence of a torn
                     // (or rotted) last write, reported as such.
@@ -367,19 +517,43 @@ impl Scan<'_> {
             if same > 0 || miss.blocks_valid > 0 {
                 warn!(device = self.reader.label, offset = self.pos.offset, sequence = seq, detail = %miss.detail,
                     "discarding torn tail of the log (last write, never acknowledged)");
-                self.report.torn_tail =
-                    Some(TornTail { offset: self.pos.offset, sequence: seq, blocks_valid: same, detail: miss.detail });
+                self.report.torn_tail = Some(TornTail {
+                    offset: self.pos.offset,
+                    sequence: seq,
+                    blocks_valid: same,
+                    detail: miss.detail,
+                });
             }
             return Ok(false);
         }
         newer.sort_by_key(|(_, h)| h.sequence);
-        let corruption = Corruption { offset: self.pos.offset, sequence: seq, resumed_at: None, detail: miss.detail, regions: vec![], summary_known: false };
+        let corruption = Corruption {
+            offset: self.pos.offset,
+            sequence: seq,
+            resumed_at: None,
+            detail: miss.detail,
+            regions: vec![],
+            summary_known: false,
+        };
         self.report.corruptions.push(corruption);
-        let last_before = self.index.region_ids().into_iter().filter_map(|r| self.index.region(r).map(|x| (r, x.last_index()))).collect();
-        self.gap_check = Some(GapCheck { corruption: self.report.corruptions.len() - 1, last_before, checked: HashSet::new() });
+        let last_before = self
+            .index
+            .region_ids()
+            .into_iter()
+            .filter_map(|r| self.index.region(r).map(|x| (r, x.last_index())))
+            .collect();
+        self.gap_check = Some(GapCheck {
+            corruption: self.report.corruptions.len() - 1,
+            last_before,
+            checked: HashSet::new(),
+        });
         for (at, h) in newer {
             if let Ok(b) = self.reader.batch(at, h.sequence, None)? {
-                self.report.corruptions.last_mut().expect("pushed above").resumed_at = Some(h.sequence);
+                self.report
+                    .corruptions
+                    .last_mut()
+                    .expect("pushed above")
+                    .resumed_at = Some(h.sequence);
                 let seg = geo.segment_of(at);
                 if seg != self.pos.segment {
                     self.enter_segment(seg)?;
@@ -407,10 +581,18 @@ impl Scan<'_> {
     /// The batch right after a lost one lists what the lost one held.
     fn name_lost_regions(&mut self, summary: Option<&[RegionSpan]>) {
         let Some(summary) = summary else { return };
-        let c = self.report.corruptions.last_mut().expect("pushed before resuming");
+        let c = self
+            .report
+            .corruptions
+            .last_mut()
+            .expect("pushed before resuming");
         c.summary_known = true;
         for s in summary {
-            let (first, last) = if s.first_index == 0 { (0, 0) } else { (s.first_index, s.last_index) };
+            let (first, last) = if s.first_index == 0 {
+                (0, 0)
+            } else {
+                (s.first_index, s.last_index)
+            };
             c.regions.push((s.region_id, first, last));
         }
     }
@@ -422,15 +604,27 @@ impl Scan<'_> {
                 regions = ?c.regions, "log corrupt before its tail; affected regions refused until repaired");
             let detail = format!("batch {} at offset {}: {}", c.sequence, c.offset, c.detail);
             let ranges: Vec<(u64, u64, u64)> = if !c.summary_known {
-                let refusal = Refusal { first_index: 0, last_index: u64::MAX, detail: detail.clone() };
+                let refusal = Refusal {
+                    first_index: 0,
+                    last_index: u64::MAX,
+                    detail: detail.clone(),
+                };
                 self.index.refuse_all = Some(refusal);
                 self.report.all_regions_refused = true;
-                self.index.region_ids().into_iter().map(|r| (r, 0, u64::MAX)).collect()
+                self.index
+                    .region_ids()
+                    .into_iter()
+                    .map(|r| (r, 0, u64::MAX))
+                    .collect()
             } else {
                 c.regions.clone()
             };
             for (r, first_index, last_index) in ranges {
-                self.index.region_mut(r).refused = Some(Refusal { first_index, last_index, detail: detail.clone() });
+                self.index.region_mut(r).refused = Some(Refusal {
+                    first_index,
+                    last_index,
+                    detail: detail.clone(),
+                });
                 if !self.report.refused_regions.contains(&r) {
                     self.report.refused_regions.push(r);
                 }

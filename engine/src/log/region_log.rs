@@ -9,7 +9,7 @@ use bytes::Bytes;
 use raftlog::{Entry, RaftState, Snapshot, Storage, StorageError};
 
 use super::index::{EntryLoc, Refusal};
-use super::record::decode_entry;
+use super::record::{decode_entry, ENTRY_HEADER_LEN};
 use super::recovery::BlockReader;
 use super::SharedRef;
 use crate::error::EngineError;
@@ -52,7 +52,10 @@ impl RegionLog {
 
     /// The latest region metadata recorded.
     pub fn region_meta(&self) -> Option<Bytes> {
-        self.shared.index().region(self.region_id).and_then(|r| r.meta.clone())
+        self.shared
+            .index()
+            .region(self.region_id)
+            .and_then(|r| r.meta.clone())
     }
 
     fn check(&self) -> raftlog::Result<()> {
@@ -98,7 +101,11 @@ impl RegionLog {
                 let pos = (loc.payload_pos as u64 - start) as usize;
                 let index = first_index + (i + k) as u64;
                 let (e, _) = decode_entry(&data, pos, data.len(), index).map_err(|e| {
-                    storage_err(EngineError::Corrupt { what: "log entry", offset: batch, detail: e.to_string() })
+                    storage_err(EngineError::Corrupt {
+                        what: "log entry",
+                        offset: batch,
+                        detail: e.to_string(),
+                    })
                 })?;
                 out.push(e);
             }
@@ -108,14 +115,37 @@ impl RegionLog {
     }
 }
 
+/// The end of `low..high` holding at most `max` bytes (by `Entry::size_bytes`, which the encoded
+/// length gives exactly), but at least one entry.
+fn size_limited_end(
+    locs: &std::collections::VecDeque<EntryLoc>,
+    first_index: u64,
+    low: u64,
+    high: u64,
+    max: u64,
+) -> u64 {
+    let mut total = 0u64;
+    for index in low..high {
+        let loc = &locs[(index - first_index) as usize];
+        total +=
+            u64::from(loc.encoded_len) - ENTRY_HEADER_LEN as u64 + raftlog::ENTRY_OVERHEAD_BYTES;
+        if total > max && index > low {
+            return index;
+        }
+    }
+    high
+}
+
 impl Storage for RegionLog {
     fn initial_state(&self) -> raftlog::Result<RaftState> {
         self.check()?;
         let ix = self.shared.index();
-        Ok(ix.region(self.region_id).map_or_else(RaftState::default, |r| RaftState {
-            hard_state: r.hard_state,
-            conf_state: r.conf_state.clone(),
-        }))
+        Ok(ix
+            .region(self.region_id)
+            .map_or_else(RaftState::default, |r| RaftState {
+                hard_state: r.hard_state,
+                conf_state: r.conf_state.clone(),
+            }))
     }
 
     fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raftlog::Result<Vec<Entry>> {
@@ -123,7 +153,11 @@ impl Storage for RegionLog {
         let (mut out, cold_locs, cold_first) = {
             let ix = self.shared.index();
             let Some(r) = ix.region(self.region_id) else {
-                return if low >= high { Ok(Vec::new()) } else { Err(StorageError::Unavailable.into()) };
+                return if low >= high {
+                    Ok(Vec::new())
+                } else {
+                    Err(StorageError::Unavailable.into())
+                };
             };
             if low < r.first_index {
                 return Err(StorageError::Compacted.into());
@@ -131,14 +165,25 @@ impl Storage for RegionLog {
             if high > r.last_index() + 1 {
                 return Err(StorageError::Unavailable.into());
             }
+            let high = match max_size {
+                Some(max) => size_limited_end(&r.locs, r.first_index, low, high, max),
+                None => high,
+            };
             let cache_first = r.cache_first_index();
             let cold_end = high.min(cache_first).max(low);
-            let cold: Vec<EntryLoc> =
-                r.locs.range((low - r.first_index) as usize..(cold_end - r.first_index) as usize).copied().collect();
+            let cold: Vec<EntryLoc> = r
+                .locs
+                .range((low - r.first_index) as usize..(cold_end - r.first_index) as usize)
+                .copied()
+                .collect();
             let mut hot = Vec::new();
             let from = low.max(cache_first);
             if from < high {
-                hot.extend(r.cache.range((from - cache_first) as usize..(high - cache_first) as usize).cloned());
+                hot.extend(
+                    r.cache
+                        .range((from - cache_first) as usize..(high - cache_first) as usize)
+                        .cloned(),
+                );
             }
             (hot, cold, low)
         };
@@ -147,18 +192,6 @@ impl Storage for RegionLog {
             cold.append(&mut out);
             out = cold;
         }
-        if let Some(max) = max_size {
-            let mut total = 0u64;
-            let keep = out
-                .iter()
-                .position(|e| {
-                    total += e.size_bytes();
-                    total > max
-                })
-                .unwrap_or(out.len())
-                .max(1);
-            out.truncate(keep);
-        }
         Ok(out)
     }
 
@@ -166,7 +199,11 @@ impl Storage for RegionLog {
         self.check()?;
         let ix = self.shared.index();
         let Some(r) = ix.region(self.region_id) else {
-            return if idx == 0 { Ok(0) } else { Err(StorageError::Unavailable.into()) };
+            return if idx == 0 {
+                Ok(0)
+            } else {
+                Err(StorageError::Unavailable.into())
+            };
         };
         if idx + 1 < r.first_index {
             return Err(StorageError::Compacted.into());
@@ -176,12 +213,20 @@ impl Storage for RegionLog {
 
     fn first_index(&self) -> raftlog::Result<u64> {
         self.check()?;
-        Ok(self.shared.index().region(self.region_id).map_or(1, |r| r.first_index))
+        Ok(self
+            .shared
+            .index()
+            .region(self.region_id)
+            .map_or(1, |r| r.first_index))
     }
 
     fn last_index(&self) -> raftlog::Result<u64> {
         self.check()?;
-        Ok(self.shared.index().region(self.region_id).map_or(0, |r| r.last_index()))
+        Ok(self
+            .shared
+            .index()
+            .region(self.region_id)
+            .map_or(0, |r| r.last_index()))
     }
 
     /// Snapshots are built by the snapshot worker (a later issue); until one exists the log

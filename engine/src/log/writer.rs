@@ -14,8 +14,8 @@ use tracing::{debug, warn};
 
 use super::index::BatchAt;
 use super::record::{
-    put_batch_header, put_summary, summarize, summary_len, ByteSink, Record, RegionSpan, BATCH_FLAG_CHECKPOINT,
-    BATCH_HEADER_LEN,
+    put_batch_header, put_summary, summarize, summary_len, ByteSink, Record, RegionSpan,
+    BATCH_FLAG_CHECKPOINT, BATCH_HEADER_LEN,
 };
 use super::{LogBatch, LogConfig, RegionLog, SharedRef};
 use crate::error::{EngineError, Result};
@@ -52,6 +52,9 @@ struct Pending {
     records: Vec<Record>,
     bytes: usize,
     flags: u32,
+    /// A checkpoint's records are filled in when it is written; a checkpoint too large for one
+    /// batch leaves its remaining records, filled, at the front of the queue.
+    filled: bool,
 }
 
 struct BatchInFlight {
@@ -90,7 +93,12 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn from_parts(shared: SharedRef, config: LogConfig, superblock: Superblock, pos: WritePos) -> LogStore {
+    pub(crate) fn from_parts(
+        shared: SharedRef,
+        config: LogConfig,
+        superblock: Superblock,
+        pos: WritePos,
+    ) -> LogStore {
         LogStore {
             shared,
             config,
@@ -155,13 +163,22 @@ impl LogStore {
         let bytes = batch.encoded_len();
         let max_bytes = self.segment_payload_max() - BATCH_HEADER_LEN;
         if bytes > max_bytes {
-            return Err(EngineError::BatchTooLarge { size_bytes: bytes as u64, max_bytes: max_bytes as u64 });
+            return Err(EngineError::BatchTooLarge {
+                size_bytes: bytes as u64,
+                max_bytes: max_bytes as u64,
+            });
         }
         self.check_refused(batch.records())?;
         self.check_gaps(batch.records())?;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.queue.push_back(Pending { ticket: Some(ticket), records: batch.into_records(), bytes, flags: 0 });
+        self.queue.push_back(Pending {
+            ticket: Some(ticket),
+            records: batch.into_records(),
+            bytes,
+            flags: 0,
+            filled: true,
+        });
         Ok(Ticket(ticket))
     }
 
@@ -185,10 +202,14 @@ impl LogStore {
         let mut updates: Vec<(u64, u64)> = Vec::new();
         for r in records {
             let (region_id, new_last, first) = match r {
-                Record::Entries { region_id, entries } => {
-                    (*region_id, entries[entries.len() - 1].index, Some(entries[0].index))
-                }
-                Record::Compact { region_id, index, .. } => (*region_id, *index, None),
+                Record::Entries { region_id, entries } => (
+                    *region_id,
+                    entries[entries.len() - 1].index,
+                    Some(entries[0].index),
+                ),
+                Record::Compact {
+                    region_id, index, ..
+                } => (*region_id, *index, None),
                 _ => continue,
             };
             let last = updates
@@ -199,7 +220,11 @@ impl LogStore {
                 .unwrap_or_else(|| self.projected_last(region_id));
             match first {
                 Some(first) if first > last + 1 => {
-                    return Err(EngineError::AppendGap { region_id, index: first, last_index: last })
+                    return Err(EngineError::AppendGap {
+                        region_id,
+                        index: first,
+                        last_index: last,
+                    })
                 }
                 Some(_) => updates.push((region_id, new_last)),
                 None => updates.push((region_id, last.max(new_last))),
@@ -210,9 +235,15 @@ impl LogStore {
     }
 
     fn projected_last(&self, region_id: u64) -> u64 {
-        self.projected_last.get(&region_id).copied().unwrap_or_else(|| {
-            self.shared.index().region(region_id).map_or(0, |r| r.last_index())
-        })
+        self.projected_last
+            .get(&region_id)
+            .copied()
+            .unwrap_or_else(|| {
+                self.shared
+                    .index()
+                    .region(region_id)
+                    .map_or(0, |r| r.last_index())
+            })
     }
 
     /// Queues a compaction of `region_id`'s log up to and including `index` (clamped to the
@@ -222,14 +253,26 @@ impl LogStore {
     pub fn compact_to(&mut self, region_id: u64, index: u64) -> Result<Ticket> {
         let (index, term) = {
             let ix = self.shared.index();
-            let Some(r) = ix.region(region_id) else { return Err(EngineError::AppendGap { region_id, index, last_index: 0 }) };
+            let Some(r) = ix.region(region_id) else {
+                return Err(EngineError::UnknownRegion { region_id });
+            };
             let index = index.min(r.last_index());
             (index, r.term(index).unwrap_or(r.compacted_term))
         };
-        let rec = Record::Compact { region_id, index, term };
+        let rec = Record::Compact {
+            region_id,
+            index,
+            term,
+        };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.queue.push_back(Pending { ticket: Some(ticket), bytes: rec.encoded_len(), records: vec![rec], flags: 0 });
+        self.queue.push_back(Pending {
+            ticket: Some(ticket),
+            bytes: rec.encoded_len(),
+            records: vec![rec],
+            flags: 0,
+            filled: true,
+        });
         Ok(Ticket(ticket))
     }
 
@@ -252,7 +295,10 @@ impl LogStore {
                 if completions.is_empty() {
                     if let Err(e) = dev.io.reap(&mut completions, usize::from(block)) {
                         drop(dev);
-                        self.latch_all(EngineError::Io { device: self.shared.label.clone(), source: e });
+                        self.latch_all(EngineError::Io {
+                            device: self.shared.label.clone(),
+                            source: e,
+                        });
                         break;
                     }
                 }
@@ -305,7 +351,10 @@ impl LogStore {
         tickets.extend(self.queue.drain(..).filter_map(|p| p.ticket));
         for t in tickets {
             let result = Err(first.take().unwrap_or(EngineError::Latched));
-            self.acks.push(Ack { ticket: Ticket(t), result });
+            self.acks.push(Ack {
+                ticket: Ticket(t),
+                result,
+            });
         }
     }
 
@@ -328,22 +377,37 @@ impl LogStore {
     }
 
     fn start_superblock(&mut self, checkpoint: Checkpoint) -> Result<()> {
-        let sb = Superblock { sequence: self.superblock.sequence + 1, checkpoint, ..self.superblock };
+        let sb = Superblock {
+            sequence: self.superblock.sequence + 1,
+            checkpoint,
+            ..self.superblock
+        };
         let copy = self.superblock.next_copy();
         let align = self.shared.device().io.geometry().block_size as usize;
         let mut buf = AlignedBuf::new(SUPERBLOCK_LEN.max(align), align);
         sb.encode(copy, &mut buf.as_mut_slice()[..SUPERBLOCK_LEN]);
         let tag = self.tag();
-        let op = IoOp::Write { tag, offset: SUPERBLOCK_OFFSETS[copy], buf, durable: self.config.durable_writes };
+        let op = IoOp::Write {
+            tag,
+            offset: SUPERBLOCK_OFFSETS[copy],
+            buf,
+            durable: self.config.durable_writes,
+        };
         self.submit(op)?;
-        self.in_flight = Some(InFlight::Superblock { sb, flushing: false });
+        self.in_flight = Some(InFlight::Superblock {
+            sb,
+            flushing: false,
+        });
         Ok(())
     }
 
     fn submit(&mut self, op: IoOp) -> Result<()> {
         let mut dev = self.shared.device();
         let r = dev.io.submit(op).and_then(|_| dev.io.kick());
-        r.map_err(|source| EngineError::Io { device: self.shared.label.clone(), source })
+        r.map_err(|source| EngineError::Io {
+            device: self.shared.label.clone(),
+            source,
+        })
     }
 
     /// Takes queued batches (at least one, then while they fit `batch_bytes_max`).
@@ -366,37 +430,77 @@ impl LogStore {
         group
     }
 
+    /// Restates every region's state as it is now (every batch queued before the checkpoint is
+    /// durable), keeping what does not fit one batch for the next one.
+    fn fill_checkpoint(&mut self, p: &mut Pending) {
+        if !p.filled {
+            p.records = self.shared.index().latest_state_records();
+            p.filled = true;
+        }
+        let limit = self.segment_payload_max() - BATCH_HEADER_LEN;
+        let (mut bytes, mut keep) = (0, 0);
+        for r in &p.records {
+            if keep > 0 && bytes + r.encoded_len() > limit {
+                break;
+            }
+            bytes += r.encoded_len();
+            keep += 1;
+        }
+        if keep < p.records.len() {
+            let rest = p.records.split_off(keep);
+            let rest_bytes = rest.iter().map(Record::encoded_len).sum();
+            let cont = Pending {
+                ticket: None,
+                records: rest,
+                bytes: rest_bytes,
+                flags: p.flags,
+                filled: true,
+            };
+            self.queue.push_front(cont);
+        }
+        p.bytes = bytes;
+    }
+
     fn start_batch(&mut self) -> Result<()> {
         let mut group = self.take_group();
         if group[0].flags & BATCH_FLAG_CHECKPOINT != 0 {
-            // Restate the states as they are now: every batch queued before this one is durable.
-            let records = self.shared.index().latest_state_records();
-            group[0].bytes = records.iter().map(Record::encoded_len).sum();
-            group[0].records = records;
+            self.fill_checkpoint(&mut group[0]);
         }
         let geo = self.shared.geometry;
         let bs = geo.block_size as usize;
         let cap = payload_capacity(bs);
         let records_len = group.iter().map(|p| p.bytes).sum::<usize>();
         let mut summary = self.pos.prev_summary.take();
-        if BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len > self.segment_payload_max() {
+        if BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len
+            > self.segment_payload_max()
+        {
             summary = None; // no room: recovery then treats the previous batch's contents as unknown
         }
         let payload_len = BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len;
         let blocks = payload_len.div_ceil(cap);
         let len_bytes = (blocks * bs) as u64;
-        assert!(len_bytes <= geo.segment_size_bytes, "batch of {len_bytes} bytes exceeds a segment");
+        assert!(
+            len_bytes <= geo.segment_size_bytes,
+            "batch of {len_bytes} bytes exceeds a segment"
+        );
         if self.pos.offset + len_bytes > geo.segment_end(self.pos.segment) {
             let advanced = self.shared.index_mut().segments.advance_head();
             let Some(next) = advanced else {
                 // Fail this group and everything queued after it: later batches may continue the
                 // entries of this one.
-                let (segment_count, tail_segment) = (geo.segment_count, self.shared.index().segments.tail());
+                let (segment_count, tail_segment) =
+                    (geo.segment_count, self.shared.index().segments.tail());
                 self.checkpoint_queued = false;
                 let rest: Vec<Pending> = self.queue.drain(..).collect();
                 for p in group.into_iter().chain(rest).filter_map(|p| p.ticket) {
-                    let result = Err(EngineError::LogFull { segment_count, tail_segment });
-                    self.acks.push(Ack { ticket: Ticket(p), result });
+                    let result = Err(EngineError::LogFull {
+                        segment_count,
+                        tail_segment,
+                    });
+                    self.acks.push(Ack {
+                        ticket: Ticket(p),
+                        result,
+                    });
                 }
                 self.projected_last.clear();
                 return Ok(());
@@ -421,7 +525,9 @@ impl LogStore {
                     r.encode(&mut sink, |_, pos| s.push(((start + pos) as u32, 0)));
                     if let Record::Entries { entries, .. } = &r {
                         for (sp, e) in s.iter_mut().zip(entries) {
-                            sp.1 = (super::record::ENTRY_HEADER_LEN + e.context.len() + e.data.len()) as u32;
+                            sp.1 = (super::record::ENTRY_HEADER_LEN
+                                + e.context.len()
+                                + e.data.len()) as u32;
                         }
                     }
                     spans.push(s);
@@ -430,13 +536,39 @@ impl LogStore {
             }
             assert_eq!(sink.stream_pos(), payload_len, "batch size estimate");
         }
-        let checksum = self.seal_blocks(buf.as_mut_slice(), blocks, payload_len, records.len(), flags, summary.as_deref());
+        let checksum = self.seal_blocks(
+            buf.as_mut_slice(),
+            blocks,
+            payload_len,
+            records.len(),
+            flags,
+            summary.as_deref(),
+        );
         self.pos.prev_summary = summary;
-        let at = BatchAt { segment: self.pos.segment, offset: self.pos.offset, sequence: self.pos.sequence };
+        let at = BatchAt {
+            segment: self.pos.segment,
+            offset: self.pos.offset,
+            sequence: self.pos.sequence,
+        };
         let tag = self.tag();
-        self.submit(IoOp::Write { tag, offset: at.offset, buf, durable: self.config.durable_writes })?;
+        self.submit(IoOp::Write {
+            tag,
+            offset: at.offset,
+            buf,
+            durable: self.config.durable_writes,
+        })?;
         let summary = summarize(&records);
-        let b = BatchInFlight { tickets, records, spans, at, blocks: blocks as u32, checksum, flags, flushing: false, summary };
+        let b = BatchInFlight {
+            tickets,
+            records,
+            spans,
+            at,
+            blocks: blocks as u32,
+            checksum,
+            flags,
+            flushing: false,
+            summary,
+        };
         self.in_flight = Some(InFlight::Batch(b));
         Ok(())
     }
@@ -444,7 +576,8 @@ impl LogStore {
     fn take_buffer(&mut self, len: usize) -> AlignedBuf {
         let align = self.shared.geometry.block_size as usize;
         let mut dev = self.shared.device();
-        let pooled = if dev.io.pool().slot_size_bytes() >= len && dev.io.pool().align() % align == 0 {
+        let pooled = if dev.io.pool().slot_size_bytes() >= len && dev.io.pool().align() % align == 0
+        {
             dev.io.pool().take()
         } else {
             None
@@ -480,7 +613,15 @@ impl LogStore {
             let block = &mut buf[i * bs..(i + 1) * bs];
             block[BLOCK_HEADER_LEN + used..].fill(0);
             let offset = self.pos.offset + (i * bs) as u64;
-            let sum = seal(block, offset, self.shared.nonce, self.pos.sequence, i as u32, blocks as u32, used as u32);
+            let sum = seal(
+                block,
+                offset,
+                self.shared.nonce,
+                self.pos.sequence,
+                i as u32,
+                blocks as u32,
+                used as u32,
+            );
             chain.update(&sum.to_le_bytes());
         }
         chain.finalize()
@@ -489,6 +630,9 @@ impl LogStore {
     fn handle_completion(&mut self, c: Completion) {
         if let Some(buf) = c.buf {
             self.shared.device().io.pool().give(buf);
+        }
+        if c.tag & super::READ_TAG_BIT != 0 {
+            return; // a cold read's, collected by its reader (never expected here)
         }
         if let Err(source) = c.result {
             self.fail_in_flight(source);
@@ -512,7 +656,10 @@ impl LogStore {
             Some(InFlight::Batch(b)) => self.batch_durable(b),
             Some(InFlight::Superblock { sb, .. }) => {
                 debug!(device = %self.shared.label, sequence = sb.sequence, tail = sb.checkpoint.segment, "superblock written");
-                self.shared.index_mut().segments.set_durable_tail(sb.checkpoint.segment);
+                self.shared
+                    .index_mut()
+                    .segments
+                    .set_durable_tail(sb.checkpoint.segment);
                 self.superblock = sb;
             }
             None => {}
@@ -520,7 +667,10 @@ impl LogStore {
     }
 
     fn fail_in_flight(&mut self, source: IoError) {
-        self.latch_all(EngineError::Io { device: self.shared.label.clone(), source });
+        self.latch_all(EngineError::Io {
+            device: self.shared.label.clone(),
+            source,
+        });
     }
 
     fn batch_durable(&mut self, b: BatchInFlight) {
@@ -536,11 +686,18 @@ impl LogStore {
         self.pos.sequence += 1;
         self.pos.prev_checksum = b.checksum;
         self.pos.prev_summary = b.summary;
-        if b.flags & BATCH_FLAG_CHECKPOINT != 0 {
+        let continued = self
+            .queue
+            .front()
+            .is_some_and(|p| p.flags & BATCH_FLAG_CHECKPOINT != 0 && p.filled);
+        if b.flags & BATCH_FLAG_CHECKPOINT != 0 && !continued {
             self.checkpoint_queued = false;
         }
         for t in b.tickets {
-            self.acks.push(Ack { ticket: Ticket(t), result: Ok(()) });
+            self.acks.push(Ack {
+                ticket: Ticket(t),
+                result: Ok(()),
+            });
         }
         self.free_segments();
     }
@@ -562,7 +719,13 @@ impl LogStore {
         }
         if tail != ix.segments.head() && !self.checkpoint_queued && ix.segment_entries_dead(tail) {
             // Its records are filled in when it is written (see `start_batch`).
-            self.queue.push_back(Pending { ticket: None, records: Vec::new(), bytes: 0, flags: BATCH_FLAG_CHECKPOINT });
+            self.queue.push_back(Pending {
+                ticket: None,
+                records: Vec::new(),
+                bytes: 0,
+                flags: BATCH_FLAG_CHECKPOINT,
+                filled: false,
+            });
             self.checkpoint_queued = true;
         }
     }
@@ -577,7 +740,11 @@ struct BlockSink<'a> {
 
 impl<'a> BlockSink<'a> {
     fn new(buf: &'a mut [u8], block_size: usize) -> BlockSink<'a> {
-        BlockSink { buf, block_size, pos: 0 }
+        BlockSink {
+            buf,
+            block_size,
+            pos: 0,
+        }
     }
 
     fn stream_pos(&self) -> usize {
@@ -625,19 +792,25 @@ impl LogWriterThread {
             .spawn(move || writer_loop(store, rx))
             .expect("spawning the log writer thread");
         let region_logs = Box::new(move |region_id| RegionLog::new(Arc::clone(&shared), region_id));
-        LogWriterThread { tx: Some(tx), join: Some(join), region_logs }
+        LogWriterThread {
+            tx: Some(tx),
+            join: Some(join),
+            region_logs,
+        }
     }
 
     /// Queues `batch`; `done` runs once it is durable.
     pub fn append(&self, batch: LogBatch, done: AckCallback) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
-        tx.send(WriterMsg::Append(batch, done)).map_err(|_| EngineError::WriterStopped)
+        tx.send(WriterMsg::Append(batch, done))
+            .map_err(|_| EngineError::WriterStopped)
     }
 
     /// Queues a compaction of `region_id` up to `index`.
     pub fn compact_to(&self, region_id: u64, index: u64) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
-        tx.send(WriterMsg::Compact(region_id, index)).map_err(|_| EngineError::WriterStopped)
+        tx.send(WriterMsg::Compact(region_id, index))
+            .map_err(|_| EngineError::WriterStopped)
     }
 
     /// The Storage handle of a region.
@@ -663,6 +836,8 @@ impl Drop for LogWriterThread {
 }
 
 fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) -> LogStore {
+    let span = tracing::info_span!("log_writer", store = store.superblock.store_id, device = %store.shared.label);
+    let _entered = span.enter();
     let mut callbacks: std::collections::HashMap<u64, AckCallback> = Default::default();
     let mut open = true;
     loop {
@@ -670,7 +845,11 @@ fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) 
         if idle && !open {
             return store;
         }
-        let first = if idle { rx.recv().ok() } else { rx.try_recv().ok() };
+        let first = if idle {
+            rx.recv().ok()
+        } else {
+            rx.try_recv().ok()
+        };
         if first.is_none() && idle {
             open = false;
             continue;

@@ -1,5 +1,6 @@
 //! Shared by the log tests: a sim device the test can reach while the store owns it, a reference
 //! model of what the log must hold, and a random batch generator.
+// Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -23,7 +24,11 @@ impl SharedSim {
     pub fn new(sim: Arc<Mutex<SimIo>>) -> SharedSim {
         let geometry = sim.lock().unwrap().geometry();
         let pool = BufPool::new(256 * 1024, 4, geometry.block_size as usize).unwrap();
-        SharedSim { sim, pool, geometry }
+        SharedSim {
+            sim,
+            pool,
+            geometry,
+        }
     }
 }
 
@@ -74,10 +79,25 @@ impl Rng {
 }
 
 /// A formatted sim device: 512-byte sectors, the given store block size, `segments` segments.
-pub fn sim_store(seed: u64, block_size: u32, segment_size_bytes: u64, segments: u64) -> Arc<Mutex<SimIo>> {
+pub fn sim_store(
+    seed: u64,
+    block_size: u32,
+    segment_size_bytes: u64,
+    segments: u64,
+) -> Arc<Mutex<SimIo>> {
     let capacity_bytes = engine::layout::SUPERBLOCK_AREA_BYTES + segments * segment_size_bytes;
-    let faults = FaultConfig { latency_ops: (0, 2), ..FaultConfig::none() };
-    let sim = Arc::new(Mutex::new(SimIo::new(seed, Geometry { block_size: 512, capacity_bytes }, faults)));
+    let faults = FaultConfig {
+        latency_ops: (0, 2),
+        ..FaultConfig::none()
+    };
+    let sim = Arc::new(Mutex::new(SimIo::new(
+        seed,
+        Geometry {
+            block_size: 512,
+            capacity_bytes,
+        },
+        faults,
+    )));
     let mut io = SharedSim::new(Arc::clone(&sim));
     let opts = FormatOptions {
         store_id: Some(1),
@@ -92,7 +112,12 @@ pub fn sim_store(seed: u64, block_size: u32, segment_size_bytes: u64, segments: 
 }
 
 pub fn open(sim: &Arc<Mutex<SimIo>>, cache_bytes_max: u64) -> (LogStore, RecoveryReport) {
-    let config = LogConfig { device_label: "sim".into(), cache_bytes_max, batch_bytes_max: 64 * 1024, durable_writes: true };
+    let config = LogConfig {
+        device_label: "sim".into(),
+        cache_bytes_max,
+        batch_bytes_max: 64 * 1024,
+        durable_writes: true,
+    };
     LogStore::open(Box::new(SharedSim::new(Arc::clone(sim))), config).expect("open")
 }
 
@@ -177,7 +202,11 @@ pub fn read_region(store: &LogStore, region_id: u64) -> Result<RegionModel, raft
     let first_index = log.first_index()?;
     let last = log.last_index()?;
     let entries = log.entries(first_index, last + 1, None)?;
-    assert_eq!(entries.len() as u64, last + 1 - first_index, "entries() returned a short range");
+    assert_eq!(
+        entries.len() as u64,
+        last + 1 - first_index,
+        "entries() returned a short range"
+    );
     Ok(RegionModel {
         first_index,
         compacted_term: log.term(first_index - 1)?,
@@ -201,7 +230,14 @@ pub fn read_all(store: &LogStore, ids: impl IntoIterator<Item = u64>) -> Model {
 
 /// Drops regions equal to the default so models compare by content.
 pub fn normalized(m: &Model) -> Model {
-    Model { regions: m.regions.iter().filter(|(_, r)| **r != RegionModel::default()).map(|(k, v)| (*k, v.clone())).collect() }
+    Model {
+        regions: m
+            .regions
+            .iter()
+            .filter(|(_, r)| **r != RegionModel::default())
+            .map(|(k, v)| (*k, v.clone()))
+            .collect(),
+    }
 }
 
 /// A random batch consistent with `projected` (no gaps; sometimes an overwrite).
@@ -226,8 +262,14 @@ pub fn random_batch(rng: &mut Rng, projected: &Model, regions: u64, step: u64) -
             let count = 1 + rng.below(4);
             let entries = (start..start + count)
                 .map(|i| {
-                    let len = if rng.chance(0.1) { rng.below(3000) } else { rng.below(200) } as usize;
-                    let data: Vec<u8> = (0..len).map(|k| (i as usize * 31 + k + step as usize) as u8).collect();
+                    let len = if rng.chance(0.1) {
+                        rng.below(3000)
+                    } else {
+                        rng.below(200)
+                    } as usize;
+                    let data: Vec<u8> = (0..len)
+                        .map(|k| (i as usize * 31 + k + step as usize) as u8)
+                        .collect();
                     let mut e = Entry::new(step / 8 + 1, i, data);
                     if rng.chance(0.1) {
                         e.context = Bytes::from(vec![7u8; rng.below(20) as usize]);
@@ -238,39 +280,72 @@ pub fn random_batch(rng: &mut Rng, projected: &Model, regions: u64, step: u64) -
             b.add_entries(region_id, entries);
         }
         if rng.chance(0.4) {
-            b.set_hard_state(region_id, HardState { term: step / 8 + 1, vote: rng.below(4), commit: rng.below(100) });
+            b.set_hard_state(
+                region_id,
+                HardState {
+                    term: step / 8 + 1,
+                    vote: rng.below(4),
+                    commit: rng.below(100),
+                },
+            );
         }
         if rng.chance(0.05) {
-            b.set_conf_state(region_id, ConfState::from_voters(vec![1, 2, 1 + rng.below(5)]));
+            b.set_conf_state(
+                region_id,
+                ConfState::from_voters(vec![1, 2, 1 + rng.below(5)]),
+            );
         }
     }
     if b.is_empty() {
-        b.set_hard_state(1, HardState { term: step, vote: 0, commit: 0 });
+        b.set_hard_state(
+            1,
+            HardState {
+                term: step,
+                vote: 0,
+                commit: 0,
+            },
+        );
     }
     b
 }
 
 /// Number of runs: `BASALT_SIM_RUNS` or the default.
 pub fn runs(default: u64) -> u64 {
-    std::env::var("BASALT_SIM_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("BASALT_SIM_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A short description of how two models differ (for assertion messages).
 pub fn diff(expected: &Model, got: &Model) -> String {
     let mut out = String::new();
-    let ids: std::collections::BTreeSet<u64> = expected.regions.keys().chain(got.regions.keys()).copied().collect();
+    let ids: std::collections::BTreeSet<u64> = expected
+        .regions
+        .keys()
+        .chain(got.regions.keys())
+        .copied()
+        .collect();
     for r in ids {
         let (e, g) = (expected.region(r), got.region(r));
         if e == g {
             continue;
         }
-        out += &format!(
+        out +=
+            &format!(
             "region {r}: expected {}..={} hs {:?} cs {:?} ct {}; got {}..={} hs {:?} cs {:?} ct {}",
             e.first_index, e.last_index(), e.hard_state, e.conf_state.voters, e.compacted_term,
             g.first_index, g.last_index(), g.hard_state, g.conf_state.voters, g.compacted_term
         );
         if let Some((a, b)) = e.entries.iter().zip(&g.entries).find(|(a, b)| a != b) {
-            out += &format!("; first differing entry {} (term {} vs {}, {} vs {} bytes)", a.index, a.term, b.term, a.data.len(), b.data.len());
+            out += &format!(
+                "; first differing entry {} (term {} vs {}, {} vs {} bytes)",
+                a.index,
+                a.term,
+                b.term,
+                a.data.len(),
+                b.data.len()
+            );
         }
         out += "\n";
     }

@@ -87,13 +87,14 @@ impl<S: Storage> Raft<S> {
                 "only one conf change may be proposed at a time".into(),
             ));
         }
+        let count = m.entries.len();
         if !self.append_entry(m.entries) {
             return Err(Error::ProposalDropped);
         }
         if conf_changes == 1 {
             self.pending_conf_index = self.raft_log.last_index();
         }
-        self.bcast_append();
+        self.bcast_new_entries(count);
         Ok(())
     }
 

@@ -81,6 +81,54 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// [`Raft::bcast_append`] after the leader appended `count` new entries at the end of its
+    /// log. With `batch_append`, a replicating peer whose queued `MsgAppend` ends right before
+    /// them gets them added to that message in one pass over the progress map (no lookups, no
+    /// intermediate copies); what [`Raft::maybe_send_append`] would have sent, exactly. Any
+    /// other peer takes the general path.
+    pub(crate) fn bcast_new_entries(&mut self, count: usize) {
+        if !self.batch_append {
+            self.bcast_append();
+            return;
+        }
+        let ents = self.raft_log.unstable_entries();
+        let new = &ents[ents.len().saturating_sub(count)..];
+        let (Some(first), Some(last)) = (new.first(), new.last()) else {
+            self.bcast_append();
+            return;
+        };
+        let (first_index, last_index) = (first.index, last.index);
+        let bytes: u64 = new.iter().map(Entry::size_bytes).sum();
+        // `maybe_send_append` cuts a message at `max_msg_size` (never below one entry).
+        let fits = new.len() == 1 || bytes <= self.max_msg_size;
+        let commit = self.raft_log.committed;
+        let mut slow: Vec<u64> = Vec::new();
+        for (&to, pr) in self.prs.iter_mut() {
+            if to == self.id {
+                continue;
+            }
+            let fast = fits
+                && pr.state == ProgressState::Replicate
+                && pr.next_idx == first_index
+                && pr.pending_request_snapshot == 0
+                && !pr.is_paused();
+            let queued = fast
+                .then(|| queued_append_ending_at(&mut self.msgs, to, first_index - 1))
+                .flatten();
+            match queued {
+                Some(m) => {
+                    m.entries.extend_from_slice(new);
+                    m.commit = commit;
+                    pr.update_state_bytes(last_index, bytes);
+                }
+                None => slow.push(to),
+            }
+        }
+        for to in slow {
+            self.send_append(to);
+        }
+    }
+
     /// Spreads a new commit index. A follower with appends in flight is skipped: its next
     /// acknowledgement brings it the commit ([`Raft::maybe_send_commit`]), so a silent follower
     /// never receives more than its inflight window of appends.
@@ -168,18 +216,13 @@ impl<S: Storage> Raft<S> {
 
     /// Extends a queued append to `to` that ends right before `index`.
     fn try_batch(&mut self, to: u64, index: u64, commit: u64, ents: &[Entry]) -> bool {
-        let queued = self
-            .msgs
-            .iter_mut()
-            .rev()
-            .find(|m| m.to == to && m.msg_type == MessageType::MsgAppend);
-        match queued {
-            Some(m) if m.index + m.entries.len() as u64 == index && !m.entries.is_empty() => {
+        match queued_append_ending_at(&mut self.msgs, to, index) {
+            Some(m) => {
                 m.entries.extend_from_slice(ents);
                 m.commit = commit;
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -409,4 +452,14 @@ fn normal_payload_bytes(ents: &[Entry]) -> u64 {
         .filter(|e| e.entry_type == EntryType::EntryNormal)
         .map(Entry::payload_size_bytes)
         .sum()
+}
+
+/// The last `MsgAppend` queued to `to`, if it carries entries and ends at `index` (so entries
+/// from `index + 1` on can be added to it).
+fn queued_append_ending_at(msgs: &mut [Message], to: u64, index: u64) -> Option<&mut Message> {
+    let m = msgs
+        .iter_mut()
+        .rev()
+        .find(|m| m.to == to && m.msg_type == MessageType::MsgAppend)?;
+    (!m.entries.is_empty() && m.index + m.entries.len() as u64 == index).then_some(m)
 }

@@ -181,15 +181,26 @@ fn commit_is_not_broadcast_to_a_follower_with_appends_in_flight() {
 fn requested_snapshot_is_sent_even_to_a_replicating_follower() {
     let mut l = leader(&[1, 2], |_| {});
     l.commit_apply(1);
-    l.raft_log.store.create_snapshot(1, None, b"s".to_vec()).unwrap();
+    l.raft_log
+        .store
+        .create_snapshot(1, None, b"s".to_vec())
+        .unwrap();
     let mut f = raft(2, &[1, 2], |_| {});
     f.become_follower(1, 1);
     f.raft_log.append(&[Entry::new(1, 1, Vec::new())]);
     f.request_snapshot(1).unwrap();
-    assert_eq!(f.request_snapshot(1), Err(crate::Error::RequestSnapshotDropped), "one request at a time");
+    assert_eq!(
+        f.request_snapshot(1),
+        Err(crate::Error::RequestSnapshotDropped),
+        "one request at a time"
+    );
     let req = f.msgs_after_persist.pop().unwrap();
     assert!(req.reject && req.request_snapshot == 1);
     l.step(req).unwrap();
-    let snap = l.msgs.iter().find(|m| m.msg_type == MessageType::MsgSnapshot).expect("snapshot sent");
+    let snap = l
+        .msgs
+        .iter()
+        .find(|m| m.msg_type == MessageType::MsgSnapshot)
+        .expect("snapshot sent");
     assert_eq!(snap.snapshot.as_ref().map(|s| s.metadata.index), Some(1));
 }

@@ -51,7 +51,11 @@ impl Options {
             steps: STEPS_MIN + r.below((STEPS_MAX - STEPS_MIN + 1) as u64) as usize,
             pre_vote: r.chance(500),
             check_quorum: r.chance(500),
-            drop_permille: r.below(120),
+            drop_permille: if r.chance(300) {
+                r.below(350)
+            } else {
+                r.below(120)
+            },
             dup_permille: r.below(60),
             max_size_per_msg: [256, 4096, u64::MAX][r.below(3) as usize],
             max_inflight_msgs: [1, 4, 256][r.below(3) as usize],
@@ -638,8 +642,9 @@ impl Sim {
 
     fn crash(&mut self) {
         let live = self.live_ids();
-        if live.len() + 1 < self.nodes.len() {
-            return; // at most one node down at a time keeps most schedules live
+        let down = self.nodes.len() - live.len();
+        if down as u64 >= self.opts.voters / 2 {
+            return; // at most a minority of the initial voters down at a time
         }
         let Some(id) = self.world.rng.pick(&live) else {
             return;

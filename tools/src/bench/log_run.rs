@@ -17,11 +17,11 @@ use engine::error::EngineError;
 use engine::format::{format, FormatOptions};
 use engine::io::Io;
 use engine::layout::MIB;
-use engine::log::{LogBatch, LogConfig, LogStore, LogWriterThread};
-use raftlog::Entry;
+use engine::log::{LogConfig, LogStore, LogWriterThread};
 
 use super::counting_io::{CounterSnapshot, CountingIo, IoCounters};
 use super::device_run::device_record;
+use super::log_regions::RegionCursor;
 use super::plan::Plan;
 use super::progress::Progress;
 use super::stats::{CpuTimes, LogMeasure, OpStats, RunResult};
@@ -212,6 +212,11 @@ impl LogJob {
         before < self.io_size_bytes
     }
 
+    /// Device bytes the log has written since it was opened.
+    fn device_bytes_written(&self) -> u64 {
+        self.counters.snapshot().since(CounterSnapshot::ZERO).1
+    }
+
     fn record_done(&self) {
         self.entries_done
             .fetch_add(self.entries_per_write, Ordering::Relaxed);
@@ -226,16 +231,16 @@ impl LogJob {
         start: Instant,
         progress: &mut Progress,
     ) -> Result<(LogStore, OpStats), EngineError> {
-        let mut writer = RegionCursor::new(self, 0);
+        let mut writer = RegionCursor::new(self.regions, self.numjobs, 0);
         let mut stats = OpStats::new();
         while self.claim(start) {
-            let batch = writer.next_batch(self);
+            let batch = writer.next_batch(self.entries_per_write, &self.payload);
             let t0 = Instant::now();
             store.write_sync(batch)?;
             let now = Instant::now();
             stats.record(self.append_bytes(), now.duration_since(t0));
             self.record_done();
-            if writer.compaction_due(self) {
+            if writer.compaction_due(self.device_bytes_written(), COMPACT_EVERY_BYTES) {
                 for (region, index) in writer.compaction_points() {
                     store.compact_to(region, index)?;
                 }
@@ -289,19 +294,19 @@ impl LogJob {
         job: u64,
         start: Instant,
     ) -> Result<OpStats, EngineError> {
-        let mut writer = RegionCursor::new(self, job);
+        let mut writer = RegionCursor::new(self.regions, self.numjobs, job);
         let mut stats = OpStats::new();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), EngineError>>(1);
         let result = (|| {
             while self.claim(start) {
-                let batch = writer.next_batch(self);
+                let batch = writer.next_batch(self.entries_per_write, &self.payload);
                 let tx = tx.clone();
                 let t0 = Instant::now();
                 log.append(batch, Box::new(move |r| drop(tx.send(r))))?;
                 rx.recv().map_err(|_| EngineError::WriterStopped)??;
                 stats.record(self.append_bytes(), t0.elapsed());
                 self.record_done();
-                if writer.compaction_due(self) {
+                if writer.compaction_due(self.device_bytes_written(), COMPACT_EVERY_BYTES) {
                     for (region, index) in writer.compaction_points() {
                         log.compact_to(region, index)?;
                     }
@@ -313,68 +318,5 @@ impl LogJob {
             self.stop.store(true, Ordering::Relaxed);
         }
         result
-    }
-}
-
-/// The regions one writer owns (`region_id % numjobs == job`, ids from 1) and their next index.
-struct RegionCursor {
-    /// `(region id, last index appended)`.
-    regions: Vec<(u64, u64)>,
-    next: usize,
-    /// Device bytes written (by every writer) when this writer last compacted.
-    compacted_at_bytes: u64,
-}
-
-impl RegionCursor {
-    fn new(job: &LogJob, writer: u64) -> RegionCursor {
-        let regions = (1..=job.regions)
-            .filter(|r| (r - 1) % job.numjobs == writer)
-            .map(|r| (r, 0))
-            .collect();
-        RegionCursor {
-            regions,
-            next: 0,
-            compacted_at_bytes: 0,
-        }
-    }
-
-    /// The next `entries_per_write` entries, round-robin over this writer's regions; entries of
-    /// one region go in one record with consecutive indexes.
-    fn next_batch(&mut self, job: &LogJob) -> LogBatch {
-        let n = self.regions.len() as u64;
-        let per = job.entries_per_write;
-        let mut batch = LogBatch::new();
-        for i in 0..per.min(n) {
-            let slot = (self.next + i as usize) % self.regions.len();
-            let count = per / n + u64::from(i < per % n);
-            let (region, last) = &mut self.regions[slot];
-            let entries = (1..=count)
-                .map(|k| Entry::new(1, *last + k, job.payload.clone()))
-                .collect();
-            *last += count;
-            batch.add_entries(*region, entries);
-        }
-        self.next = (self.next + (per % n) as usize) % self.regions.len();
-        batch
-    }
-
-    /// Whether the log has written `COMPACT_EVERY_BYTES` since this writer last compacted;
-    /// if so, notes the point.
-    fn compaction_due(&mut self, job: &LogJob) -> bool {
-        let (_, written) = job.counters.snapshot().since(CounterSnapshot::ZERO);
-        if written - self.compacted_at_bytes < COMPACT_EVERY_BYTES {
-            return false;
-        }
-        self.compacted_at_bytes = written;
-        true
-    }
-
-    /// Every region of this writer up to its last durable entry.
-    fn compaction_points(&self) -> Vec<(u64, u64)> {
-        self.regions
-            .iter()
-            .filter(|(_, last)| *last > 0)
-            .copied()
-            .collect()
     }
 }

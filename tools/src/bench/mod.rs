@@ -15,6 +15,7 @@ pub mod args;
 mod counting_io;
 mod device_run;
 pub mod host;
+mod log_regions;
 mod log_run;
 mod offsets;
 pub mod plan;
@@ -22,6 +23,7 @@ mod progress;
 pub mod report;
 pub mod signature;
 pub mod stats;
+mod text;
 
 use std::path::PathBuf;
 

@@ -11,7 +11,11 @@ use engine::format::{format, FormatOptions};
 use engine::layout::{BLOCK_SIZE_DEFAULT, MIB, SEGMENT_SIZE_DEFAULT};
 
 #[derive(Parser)]
-#[command(name = "basalt", version, about = "Basalt node: format and inspect a store's device")]
+#[command(
+    name = "basalt",
+    version,
+    about = "Basalt node: format and inspect a store's device"
+)]
 struct Cli {
     /// Log more (repeat for more detail).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -94,7 +98,10 @@ fn main() -> ExitCode {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
     match run(cli.command.unwrap_or(Command::Demo)) {
         Ok(code) => code,
         Err(e) => {
@@ -114,7 +121,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Format { device, store_id, cluster_id, force, block_size, segment_size_mib, create_size_mib, backend: b } => {
+        Command::Format {
+            device,
+            store_id,
+            cluster_id,
+            force,
+            block_size,
+            segment_size_mib,
+            create_size_mib,
+            backend: b,
+        } => {
             let opts = OpenOptions {
                 backend: backend(b),
                 create_size_bytes: create_size_mib.map(|m| m * MIB),
@@ -138,15 +154,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("store id:     {}", sb.store_id);
             println!("cluster id:   {:032x}", sb.cluster_id);
             println!("block size:   {}", sb.block_size);
-            println!("segment size: {} MiB x {} segments", sb.segment_size_bytes / MIB, sb.segment_count);
+            println!(
+                "segment size: {} MiB x {} segments",
+                sb.segment_size_bytes / MIB,
+                sb.segment_count
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { device, backend: b } => {
-            let opts = OpenOptions { backend: backend(b), ..OpenOptions::default() };
+            let opts = OpenOptions {
+                backend: backend(b),
+                ..OpenOptions::default()
+            };
             let (io, _) = open(&device, &opts)?;
             let report = engine::inspect::inspect(io, &device.display().to_string())?;
             print!("{report}");
-            Ok(if report.corrupt() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if report.corrupt() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
