@@ -178,3 +178,36 @@ fn bit_rot_anywhere_in_the_log_is_detected() {
 fn misdirected_and_silently_torn_writes_are_detected() {
     seeded(1000, misdirect_or_tear_run);
 }
+
+#[test]
+fn a_failed_write_latches_the_log_until_reopened() {
+    let sim = sim_store(11, 512, 512 * 32, 8);
+    let (mut store, _) = open(&sim, 1 << 20);
+    let mut rng = Rng(11);
+    let mut model = Model::default();
+    for step in 0..5 {
+        let b = random_batch(&mut rng, &model, 2, step);
+        model.apply(b.records());
+        store.write_sync(b).unwrap();
+    }
+    sim.lock().unwrap().set_faults(FaultConfig {
+        write_error_prob: 1.0,
+        ..FaultConfig::none()
+    });
+    let b = random_batch(&mut rng, &model, 2, 5);
+    assert!(matches!(
+        store.write_sync(b),
+        Err(engine::error::EngineError::Io { .. })
+    ));
+    let b = random_batch(&mut rng, &model, 2, 6);
+    assert!(matches!(
+        store.append(b),
+        Err(engine::error::EngineError::Latched)
+    ));
+    drop(store);
+    sim.lock().unwrap().set_faults(FaultConfig::none());
+    sim.lock().unwrap().restart();
+    let (store, report) = open(&sim, 1 << 20);
+    assert!(report.corruptions.is_empty(), "{report:?}");
+    assert!(read_all(&store, 1..=2) == normalized(&model));
+}

@@ -109,6 +109,7 @@ fn one_run(seed: u64) {
     let sim = sim_store(seed, block_size, segment_size, 6 + rng.below(6));
     let cache = if rng.chance(0.5) { 2048 } else { 1 << 20 };
     let regions = 1 + rng.below(6);
+    let durable_writes = rng.chance(0.7);
     let mut run = Run {
         rng,
         acked: Model::default(),
@@ -117,7 +118,7 @@ fn one_run(seed: u64) {
         step: 0,
     };
     for _round in 0..3 {
-        let (mut store, report) = open(&sim, cache);
+        let (mut store, report) = open_with(&sim, cache, durable_writes);
         assert!(
             report.corruptions.is_empty(),
             "corruption without faults: {:?}",
@@ -136,7 +137,7 @@ fn one_run(seed: u64) {
                 s.restart();
             }
         }
-        let (store, report) = open(&sim, cache);
+        let (store, report) = open_with(&sim, cache, durable_writes);
         assert!(
             report.corruptions.is_empty() && report.refused_regions.is_empty(),
             "{report:?}"
@@ -236,7 +237,14 @@ fn checkpoint_larger_than_a_segment_is_split_and_frees_the_tail() {
         let mut b = engine::log::LogBatch::new();
         for r in chunk * 20 + 1..=chunk * 20 + 20 {
             b.add_entries(r, vec![Entry::new(1, 1, vec![r as u8; 10])]);
-            b.set_hard_state(r, HardState { term: 1, vote: r, commit: 1 });
+            b.set_hard_state(
+                r,
+                HardState {
+                    term: 1,
+                    vote: r,
+                    commit: 1,
+                },
+            );
             b.set_conf_state(r, ConfState::from_voters(vec![1, 2, 3]));
         }
         model.apply(b.records());
@@ -245,7 +253,11 @@ fn checkpoint_larger_than_a_segment_is_split_and_frees_the_tail() {
     let mut last = None;
     for r in 1..=200 {
         last = Some(store.compact_to(r, 1).unwrap());
-        model.apply(&[Record::Compact { region_id: r, index: 1, term: 0 }]);
+        model.apply(&[Record::Compact {
+            region_id: r,
+            index: 1,
+            term: 0,
+        }]);
     }
     store.wait_for(last.unwrap()).unwrap();
     for i in 2..40 {
@@ -254,11 +266,19 @@ fn checkpoint_larger_than_a_segment_is_split_and_frees_the_tail() {
         model.apply(b.records());
         store.write_sync(b).unwrap();
     }
-    assert_ne!(store.segment_extent().0, 0, "the tail never moved: the checkpoint did not free it");
+    assert_ne!(
+        store.segment_extent().0,
+        0,
+        "the tail never moved: the checkpoint did not free it"
+    );
     drop(store);
     sim.lock().unwrap().power_loss();
     let (store, report) = open(&sim, 1 << 20);
     assert!(report.corruptions.is_empty(), "{report:?}");
     let got = read_all(&store, 1..=200);
-    assert!(normalized(&model) == got, "{}", diff(&normalized(&model), &got));
+    assert!(
+        normalized(&model) == got,
+        "{}",
+        diff(&normalized(&model), &got)
+    );
 }

@@ -58,8 +58,11 @@ pub struct Config {
     /// Do not broadcast an append just to spread a new commit index (heartbeats carry it).
     /// Default off: followers learn commits one round trip sooner.
     pub skip_bcast_commit: bool,
-    /// Merge appends to the same peer that are queued in one Ready into one message.
-    /// Default off (raft-rs's default); turn on for throughput.
+    /// Merge appends to the same peer that are queued in one Ready into one message. With it,
+    /// a leader's `RawNode::propose` only appends: the appends to the peers are built when the
+    /// next Ready is, one per peer for every entry proposed since (flow control then counts
+    /// that message once, not once per entry). Default off (raft-rs's default); turn on for
+    /// throughput.
     pub batch_append: bool,
     /// Election priority: with equally up-to-date logs, a node refuses its vote to a candidate
     /// of lower priority. Default 0 (all equal).

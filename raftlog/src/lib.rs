@@ -83,6 +83,9 @@
 //!   index, never the stale one.
 //! - Entries handed out for persisting stay in memory until `on_persist_ready`, so storage
 //!   need not serve entries that are not yet durable.
+//! - With [`Config::batch_append`], a leader's [`RawNode::propose`] costs one append to its
+//!   log: the `MsgAppend`s to the peers are built once per [`Ready`], each carrying every entry
+//!   proposed since the last one (still in `Ready::messages`, sendable before persisting).
 //! - A snapshot taken before a node was added still installs on it.
 //! - No hidden randomness ([`Config::rng_seed`]) and no mandatory logger (`tracing` only).
 #![warn(missing_docs)]

@@ -105,8 +105,44 @@ impl Unstable {
     /// If `ents` would leave a gap after the last entry (a programmer error).
     pub fn truncate_and_append(&mut self, ents: &[Entry]) {
         let Some(first) = ents.first() else { return };
-        let after = first.index;
+        self.truncate_from(first.index);
+        self.entries_size += ents.iter().map(Entry::size_bytes).sum::<u64>();
+        self.entries.extend_from_slice(ents);
+        self.assert_size();
+    }
+
+    /// [`Unstable::truncate_and_append`] taking the entries by value: when nothing unstable is
+    /// left, `ents` becomes the unstable vector without copying.
+    pub fn truncate_and_append_vec(&mut self, mut ents: Vec<Entry>) {
+        let Some(first) = ents.first() else { return };
+        self.truncate_from(first.index);
+        self.entries_size += ents.iter().map(Entry::size_bytes).sum::<u64>();
+        if self.entries.is_empty() {
+            self.entries = ents;
+        } else {
+            self.entries.append(&mut ents);
+        }
+        self.assert_size();
+    }
+
+    /// [`Unstable::truncate_and_append`] of one entry, by value.
+    pub fn truncate_and_append_one(&mut self, e: Entry) {
+        self.truncate_from(e.index);
+        self.entries_size += e.size_bytes();
+        self.entries.push(e);
+        self.assert_size();
+    }
+
+    /// Drops the entries at or after `after` before an append starting there.
+    ///
+    /// # Panics
+    /// If `after` would leave a gap after the last entry (a programmer error).
+    fn truncate_from(&mut self, after: u64) {
         let end = self.offset + self.entries.len() as u64;
+        if after == end {
+            // The common case: a pure append.
+            return;
+        }
         if after < end {
             if after <= self.offset {
                 // Everything unstable is replaced; the log restarts at `after`.
@@ -129,9 +165,6 @@ impl Unstable {
                 end.wrapping_sub(1)
             );
         }
-        self.entries_size += ents.iter().map(Entry::size_bytes).sum::<u64>();
-        self.entries.extend_from_slice(ents);
-        self.assert_size();
     }
 
     /// The unstable entries in `[lo, hi)`.

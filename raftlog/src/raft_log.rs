@@ -198,22 +198,55 @@ impl<S: Storage> RaftLog<S> {
         committed: u64,
         ents: &[Entry],
     ) -> Option<(u64, u64)> {
-        if !self.match_term(idx, term) {
-            return None;
+        let (conflict, start) = self.append_conflict(idx, term, ents)?;
+        if let Some(start) = start {
+            self.append(&ents[start..]);
         }
         let last_new_index = idx + ents.len() as u64;
-        let conflict = self.find_conflict(ents);
-        if conflict != 0 {
-            assert!(
-                conflict > self.committed,
-                "entry {conflict} conflicts with committed entry (committed {})",
-                self.committed
-            );
-            let start = (conflict - (idx + 1)) as usize;
-            self.append(&ents[start..]);
+        self.commit_to(cmp::min(committed, last_new_index));
+        Some((conflict, last_new_index))
+    }
+
+    /// [`RaftLog::maybe_append`] taking the entries by value: new entries are moved into the
+    /// log instead of cloned (the follower's path for an incoming `MsgAppend`).
+    pub fn maybe_append_vec(
+        &mut self,
+        idx: u64,
+        term: u64,
+        committed: u64,
+        mut ents: Vec<Entry>,
+    ) -> Option<(u64, u64)> {
+        let (conflict, start) = self.append_conflict(idx, term, &ents)?;
+        let last_new_index = idx + ents.len() as u64;
+        if let Some(start) = start {
+            ents.drain(..start);
+            self.append_vec(ents);
         }
         self.commit_to(cmp::min(committed, last_new_index));
         Some((conflict, last_new_index))
+    }
+
+    /// For [`RaftLog::maybe_append`]: `None` if the log does not hold (`idx`, `term`); else the
+    /// first conflicting index (0: none) and the position in `ents` to append from, if any.
+    fn append_conflict(&self, idx: u64, term: u64, ents: &[Entry]) -> Option<(u64, Option<usize>)> {
+        if !self.match_term(idx, term) {
+            return None;
+        }
+        // Fast path: entries strictly after the last one conflict at once (the log has no term
+        // for them), exactly as `find_conflict` would find.
+        let conflict = match ents.first() {
+            Some(e) if e.index > self.last_index() && e.term != 0 => e.index,
+            _ => self.find_conflict(ents),
+        };
+        if conflict == 0 {
+            return Some((0, None));
+        }
+        assert!(
+            conflict > self.committed,
+            "entry {conflict} conflicts with committed entry (committed {})",
+            self.committed
+        );
+        Some((conflict, Some((conflict - (idx + 1)) as usize)))
     }
 
     /// Appends `ents` (replacing any entries from `ents[0].index` on) and returns the new last
@@ -225,17 +258,40 @@ impl<S: Storage> RaftLog<S> {
         let Some(first) = ents.first() else {
             return self.last_index();
         };
-        let after = first.index - 1;
+        self.before_append(first.index);
+        self.unstable.truncate_and_append(ents);
+        self.last_index()
+    }
+
+    /// [`RaftLog::append`] taking the entries by value (moved, not cloned).
+    pub fn append_vec(&mut self, ents: Vec<Entry>) -> u64 {
+        let Some(first) = ents.first() else {
+            return self.last_index();
+        };
+        self.before_append(first.index);
+        self.unstable.truncate_and_append_vec(ents);
+        self.last_index()
+    }
+
+    /// [`RaftLog::append`] of one entry, by value.
+    pub fn append_one(&mut self, e: Entry) -> u64 {
+        self.before_append(e.index);
+        self.unstable.truncate_and_append_one(e);
+        self.last_index()
+    }
+
+    /// Checks an append starting at `first_index` and forgets the persistence of what it
+    /// replaces.
+    fn before_append(&mut self, first_index: u64) {
+        let after = first_index - 1;
         assert!(
             after >= self.committed,
             "append after {after} would overwrite committed {}",
             self.committed
         );
-        self.unstable.truncate_and_append(ents);
         if self.persisted > after {
             self.persisted = after;
         }
-        self.last_index()
     }
 
     /// The unstable entries, to hand to the application for persisting.

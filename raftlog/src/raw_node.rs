@@ -229,12 +229,20 @@ impl<S: Storage> RawNode<S> {
 
     /// Proposes `data` (with `context`) to be appended to the log. `ProposalDropped` if there is
     /// no leader, a leadership transfer is under way, or the uncommitted limit is reached.
+    ///
+    /// On a leader with [`Config::batch_append`], the entry is only appended here: the appends
+    /// carrying it to the peers are built when the next [`Ready`] (or [`LightReady`]) is, one
+    /// per peer for all the entries proposed since, and are in its `messages()`.
     pub fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<()> {
         let e = Entry {
             data: data.into(),
             context: context.into(),
             ..Default::default()
         };
+        if self.raft.state == StateRole::Leader {
+            // What stepping the `MsgPropose` below does on a leader, without the message.
+            return self.raft.propose_normal_entry(e);
+        }
         self.raft.step(Message {
             msg_type: MessageType::MsgPropose,
             from: self.raft.id,
@@ -381,6 +389,7 @@ impl<S: Storage> RawNode<S> {
             || raft.hard_state() != self.prev_hs
             || !raft.read_states.is_empty()
             || !raft.msgs.is_empty()
+            || raft.appends_pending
             || !raft.msgs_after_persist.is_empty()
             || !self.unhanded_entries().is_empty()
             || self.unhanded_snapshot().is_some()
@@ -392,6 +401,7 @@ impl<S: Storage> RawNode<S> {
     /// The next batch of work. Each Ready must be passed to [`RawNode::advance`],
     /// [`RawNode::advance_append`] or [`RawNode::advance_append_async`] before the next call.
     pub fn ready(&mut self) -> Ready {
+        self.raft.flush_pending_appends();
         self.max_number += 1;
         let number = self.max_number;
         let mut rd = Ready {
@@ -528,6 +538,7 @@ impl<S: Storage> RawNode<S> {
     }
 
     fn gen_light_ready(&mut self) -> LightReady {
+        self.raft.flush_pending_appends();
         let mut light = LightReady::default();
         let commit = self.raft.raft_log.committed;
         if commit != self.prev_hs.commit {

@@ -15,6 +15,7 @@ pub mod index;
 pub mod record;
 pub mod recovery;
 pub mod region_log;
+pub mod thread;
 pub mod writer;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -26,10 +27,11 @@ pub use index::{LogIndex, Refusal};
 pub use record::Record;
 pub use recovery::{Corruption, RecoveryReport, TornTail};
 pub use region_log::RegionLog;
-pub use writer::{Ack, LogStore, LogWriterThread, Ticket};
+pub use thread::{AckCallback, LogWriterThread};
+pub use writer::{Ack, LogStore, Ticket};
 
 use crate::io::{AlignedBuf, Completion, Io, IoError, IoOp};
-use crate::layout::{segment::Geometry, MIB};
+use crate::layout::{segment::Geometry, KIB, MIB};
 
 /// Options of an open log. Validated by [`LogConfig::validate`].
 #[derive(Clone, Debug)]
@@ -39,8 +41,10 @@ pub struct LogConfig {
     /// Bytes of tail entries kept in memory across all regions. Default 64 MiB: a few seconds of
     /// a busy store's appends, so followers catching up and the apply worker read from memory.
     pub cache_bytes_max: u64,
-    /// Most bytes group-committed into one device write. Default 1 MiB: past that, bigger writes
-    /// stop paying for themselves on NVMe and only add latency to the batch's first caller.
+    /// Most bytes group-committed into one device write (a single larger batch is still written
+    /// whole). Default 256 KiB: the slot size of the device's registered buffer pool, so a group
+    /// commit never allocates; past that, bigger writes stop paying for themselves on NVMe and
+    /// only add latency to the batch's first caller.
     pub batch_bytes_max: u64,
     /// Make each batch durable with the write itself (`Write { durable: true }`: the device
     /// layer picks `RWF_DSYNC` or a linked `fdatasync`, whichever it measured faster for the
@@ -53,7 +57,7 @@ impl Default for LogConfig {
         LogConfig {
             device_label: "device".into(),
             cache_bytes_max: 64 * MIB,
-            batch_bytes_max: MIB,
+            batch_bytes_max: 256 * KIB,
             durable_writes: true,
         }
     }

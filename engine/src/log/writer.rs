@@ -148,6 +148,15 @@ impl LogStore {
         self.queue.len() + usize::from(matches!(self.in_flight, Some(InFlight::Batch(_))))
     }
 
+    /// Whether nothing is queued or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.queue.is_empty()
+    }
+
+    pub(crate) fn shared(&self) -> &SharedRef {
+        &self.shared
+    }
+
     /// Bytes of entries held in the tail cache.
     pub fn cache_bytes(&self) -> u64 {
         self.shared.index().cache_bytes()
@@ -413,8 +422,12 @@ impl LogStore {
     /// Takes queued batches (at least one, then while they fit `batch_bytes_max`).
     fn take_group(&mut self) -> Vec<Pending> {
         let mut group = Vec::new();
-        let mut total = BATCH_HEADER_LEN;
-        let limit = (self.config.batch_bytes_max as usize).min(self.segment_payload_max());
+        // `batch_bytes_max` counts device bytes: block headers and the summary take their share.
+        let bs = self.shared.geometry.block_size as usize;
+        let batch_payload_max =
+            (self.config.batch_bytes_max as usize / bs).max(1) * payload_capacity(bs);
+        let mut total = BATCH_HEADER_LEN + summary_len(self.pos.prev_summary.as_deref());
+        let limit = batch_payload_max.min(self.segment_payload_max());
         while let Some(p) = self.queue.front() {
             if !group.is_empty() && (total + p.bytes > limit || p.flags != 0) {
                 break;
@@ -762,124 +775,6 @@ impl ByteSink for BlockSink<'_> {
             self.buf[start..start + n].copy_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
             self.pos += n;
-        }
-    }
-}
-
-/// A [`LogStore`] on its own thread, for real devices: appends arrive over a channel and each
-/// batch's callback runs on the writer thread once the batch is durable (or failed).
-pub struct LogWriterThread {
-    tx: Option<crossbeam_channel::Sender<WriterMsg>>,
-    join: Option<std::thread::JoinHandle<LogStore>>,
-    region_logs: Box<dyn Fn(u64) -> RegionLog + Send + Sync>,
-}
-
-/// Called once a batch is durable (or failed).
-pub type AckCallback = Box<dyn FnOnce(Result<()>) + Send>;
-
-enum WriterMsg {
-    Append(LogBatch, AckCallback),
-    Compact(u64, u64),
-}
-
-impl LogWriterThread {
-    /// Moves `store` onto a new thread.
-    pub fn spawn(store: LogStore) -> LogWriterThread {
-        let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(4096);
-        let shared = Arc::clone(&store.shared);
-        let join = std::thread::Builder::new()
-            .name("basalt-log-writer".into())
-            .spawn(move || writer_loop(store, rx))
-            .expect("spawning the log writer thread");
-        let region_logs = Box::new(move |region_id| RegionLog::new(Arc::clone(&shared), region_id));
-        LogWriterThread {
-            tx: Some(tx),
-            join: Some(join),
-            region_logs,
-        }
-    }
-
-    /// Queues `batch`; `done` runs once it is durable.
-    pub fn append(&self, batch: LogBatch, done: AckCallback) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
-        tx.send(WriterMsg::Append(batch, done))
-            .map_err(|_| EngineError::WriterStopped)
-    }
-
-    /// Queues a compaction of `region_id` up to `index`.
-    pub fn compact_to(&self, region_id: u64, index: u64) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
-        tx.send(WriterMsg::Compact(region_id, index))
-            .map_err(|_| EngineError::WriterStopped)
-    }
-
-    /// The Storage handle of a region.
-    pub fn region_log(&self, region_id: u64) -> RegionLog {
-        (self.region_logs)(region_id)
-    }
-
-    /// Stops the thread once everything queued is written, and hands the store back.
-    pub fn stop(mut self) -> Result<LogStore> {
-        self.tx.take();
-        let join = self.join.take().ok_or(EngineError::WriterStopped)?;
-        join.join().map_err(|_| EngineError::WriterStopped)
-    }
-}
-
-impl Drop for LogWriterThread {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
-}
-
-fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) -> LogStore {
-    let span = tracing::info_span!("log_writer", store = store.superblock.store_id, device = %store.shared.label);
-    let _entered = span.enter();
-    let mut callbacks: std::collections::HashMap<u64, AckCallback> = Default::default();
-    let mut open = true;
-    loop {
-        let idle = store.in_flight.is_none() && store.queue.is_empty();
-        if idle && !open {
-            return store;
-        }
-        let first = if idle {
-            rx.recv().ok()
-        } else {
-            rx.try_recv().ok()
-        };
-        if first.is_none() && idle {
-            open = false;
-            continue;
-        }
-        for msg in first.into_iter().chain(rx.try_iter()) {
-            match msg {
-                WriterMsg::Append(batch, done) => match store.append(batch) {
-                    Ok(t) => {
-                        callbacks.insert(t.0, done);
-                    }
-                    Err(e) => done(Err(e)),
-                },
-                WriterMsg::Compact(region_id, index) => {
-                    if let Err(e) = store.compact_to(region_id, index) {
-                        warn!(region_id, index, error = %e, "compaction refused");
-                    }
-                }
-            }
-        }
-        let acks = match store.poll(true) {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "log writer poll failed");
-                Vec::new()
-            }
-        };
-        for a in acks {
-            if let Some(cb) = callbacks.remove(&a.ticket.0) {
-                cb(a.result);
-            }
         }
     }
 }

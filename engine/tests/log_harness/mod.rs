@@ -112,11 +112,20 @@ pub fn sim_store(
 }
 
 pub fn open(sim: &Arc<Mutex<SimIo>>, cache_bytes_max: u64) -> (LogStore, RecoveryReport) {
+    open_with(sim, cache_bytes_max, true)
+}
+
+/// [`open`], choosing durable writes or write-then-flush.
+pub fn open_with(
+    sim: &Arc<Mutex<SimIo>>,
+    cache_bytes_max: u64,
+    durable_writes: bool,
+) -> (LogStore, RecoveryReport) {
     let config = LogConfig {
         device_label: "sim".into(),
         cache_bytes_max,
         batch_bytes_max: 64 * 1024,
-        durable_writes: true,
+        durable_writes,
     };
     LogStore::open(Box::new(SharedSim::new(Arc::clone(sim))), config).expect("open")
 }

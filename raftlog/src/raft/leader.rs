@@ -59,10 +59,56 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
+    /// A normal entry proposed through [`crate::RawNode::propose`] on the leader: what stepping
+    /// a `MsgPropose` carrying it does, without building the message. With `batch_append`, the
+    /// entry is only appended; the peers are offered every new entry at once by
+    /// [`Raft::flush_pending_appends`] when the next `Ready` is built.
+    pub(crate) fn propose_normal_entry(&mut self, e: crate::types::Entry) -> Result<()> {
+        debug_assert!(self.state == crate::status::StateRole::Leader);
+        debug_assert!(e.entry_type == EntryType::EntryNormal);
+        self.check_proposal_accepted()?;
+        if !self.append_one_entry(e) {
+            return Err(Error::ProposalDropped);
+        }
+        if self.batch_append {
+            self.appends_pending = true;
+        } else {
+            self.bcast_append();
+        }
+        Ok(())
+    }
+
+    /// Sends every peer what it lacks of the entries proposed since the last flush (as many
+    /// appends as its flow control allows), once per `Ready` instead of once per proposal.
+    pub fn flush_pending_appends(&mut self) {
+        if !std::mem::take(&mut self.appends_pending)
+            || self.state != crate::status::StateRole::Leader
+        {
+            return;
+        }
+        let id = self.id;
+        let peers: Vec<u64> = self
+            .prs()
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| *p != id)
+            .collect();
+        for to in peers {
+            while self.maybe_send_append(to, false) {}
+        }
+    }
+
     fn handle_propose(&mut self, m: Message) -> Result<()> {
         if m.entries.is_empty() {
             return Err(Error::ProposalDropped);
         }
+        self.check_proposal_accepted()?;
+        self.handle_propose_entries(m)
+    }
+
+    /// Whether this leader takes proposals now: not when it was removed from the
+    /// configuration or while leadership is being transferred.
+    fn check_proposal_accepted(&self) -> Result<()> {
         if self.prs().get(self.id).is_none() {
             // Removed from the configuration: it must not append to the log.
             return Err(Error::ProposalDropped);
@@ -75,6 +121,10 @@ impl<S: Storage> Raft<S> {
             );
             return Err(Error::ProposalDropped);
         }
+        Ok(())
+    }
+
+    fn handle_propose_entries(&mut self, m: Message) -> Result<()> {
         let mut conf_changes = 0;
         for e in &m.entries {
             if e.entry_type != EntryType::EntryNormal {

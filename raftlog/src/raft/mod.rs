@@ -73,6 +73,9 @@ pub struct Raft<S: Storage> {
     pub skip_bcast_commit: bool,
     /// See [`Config::batch_append`].
     pub batch_append: bool,
+    /// Leader with `batch_append`: entries proposed through [`crate::RawNode::propose`] since
+    /// the last [`Raft::flush_pending_appends`] have not been offered to the peers yet.
+    pub appends_pending: bool,
     /// See [`Config::priority`].
     pub priority: i64,
     /// Heartbeat interval in ticks.
@@ -128,6 +131,7 @@ impl<S: Storage> Raft<S> {
             pre_vote: c.pre_vote,
             skip_bcast_commit: c.skip_bcast_commit,
             batch_append: c.batch_append,
+            appends_pending: false,
             priority: c.priority,
             heartbeat_timeout: c.heartbeat_tick,
             election_timeout: c.election_tick,
@@ -394,6 +398,7 @@ impl<S: Storage> Raft<S> {
             self.vote = 0;
         }
         self.leader_id = 0;
+        self.appends_pending = false;
         self.reset_randomized_election_timeout();
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;

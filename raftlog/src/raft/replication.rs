@@ -13,6 +13,10 @@ impl<S: Storage> Raft<S> {
     /// Appends `ents` (index and term assigned here) to the leader's log. Returns false, and
     /// appends nothing, if they would exceed the uncommitted-size limit.
     pub(crate) fn append_entry(&mut self, mut ents: Vec<Entry>) -> bool {
+        if ents.len() == 1 {
+            let e = ents.pop().expect("one entry");
+            return self.append_one_entry(e);
+        }
         let last = self.raft_log.last_index();
         for (i, e) in ents.iter_mut().enumerate() {
             e.term = self.term;
@@ -26,8 +30,24 @@ impl<S: Storage> Raft<S> {
             );
             return false;
         }
-        self.raft_log.append(&ents);
+        self.raft_log.append_vec(ents);
         // The leader's own progress advances when the entries are persisted (on_persist_entries).
+        true
+    }
+
+    /// [`Raft::append_entry`] of a single entry.
+    pub(crate) fn append_one_entry(&mut self, mut e: Entry) -> bool {
+        e.term = self.term;
+        e.index = self.raft_log.last_index() + 1;
+        if !self.increase_uncommitted_size(std::slice::from_ref(&e)) {
+            tracing::debug!(
+                id = self.id,
+                uncommitted = self.uncommitted_size,
+                "proposal dropped: uncommitted size limit"
+            );
+            return false;
+        }
+        self.raft_log.append_one(e);
         true
     }
 
@@ -308,7 +328,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Follower: an append from the leader.
-    pub(crate) fn handle_append_entries(&mut self, m: Message) {
+    pub(crate) fn handle_append_entries(&mut self, mut m: Message) {
         if self.pending_request_snapshot != 0 {
             self.send_request_snapshot();
             return;
@@ -325,9 +345,10 @@ impl<S: Storage> Raft<S> {
             self.send(resp);
             return;
         }
+        let ents = std::mem::take(&mut m.entries);
         match self
             .raft_log
-            .maybe_append(m.index, m.log_term, m.commit, &m.entries)
+            .maybe_append_vec(m.index, m.log_term, m.commit, ents)
         {
             Some((_, last_new)) => resp.index = last_new,
             None => {

@@ -24,6 +24,10 @@ use crate::types::ConfState;
 /// inputs: raftlog promises determinism for seeded simulation.
 pub type ProgressMap = HashMap<u64, Progress, BuildHasherDefault<DefaultHasher>>;
 
+/// Up to this many peers, [`ProgressTracker::get`] scans the map instead of hashing the id:
+/// cheaper for the small groups Raft runs, and the map (with its iteration order) is unchanged.
+const SCAN_LEN_MAX: usize = 8;
+
 /// A group membership: voters (possibly joint) and learners.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Configuration {
@@ -108,11 +112,21 @@ impl ProgressTracker {
 
     /// The progress of peer `id`.
     pub fn get(&self, id: u64) -> Option<&Progress> {
+        if self.progress.len() <= SCAN_LEN_MAX {
+            return self.progress.iter().find(|(p, _)| **p == id).map(|(_, pr)| pr);
+        }
         self.progress.get(&id)
     }
 
     /// The progress of peer `id`, mutable.
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Progress> {
+        if self.progress.len() <= SCAN_LEN_MAX {
+            return self
+                .progress
+                .iter_mut()
+                .find(|(p, _)| **p == id)
+                .map(|(_, pr)| pr);
+        }
         self.progress.get_mut(&id)
     }
 
