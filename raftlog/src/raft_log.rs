@@ -119,6 +119,17 @@ impl<S: Storage> RaftLog<S> {
     /// Term of the entry at `idx`: `Ok(0)` outside `[first_index() - 1, last_index()]`;
     /// `Compacted` or `Unavailable` from storage are passed through.
     pub fn term(&self, idx: u64) -> Result<u64> {
+        // Fast path: an unstable entry (the unstable offset is never below the first index, so
+        // the bounds checks below would pass), without asking storage.
+        if idx >= self.unstable.offset {
+            if let Some(e) = self
+                .unstable
+                .entries
+                .get((idx - self.unstable.offset) as usize)
+            {
+                return Ok(e.term);
+            }
+        }
         let dummy_index = self.first_index() - 1;
         if idx < dummy_index || idx > self.last_index() {
             return Ok(0);

@@ -440,8 +440,8 @@ impl<S: Storage> RawNode<S> {
         }
         rd.committed_entries = self.take_committed_entries();
         rd.read_states = std::mem::take(&mut self.raft.read_states);
-        rd.messages = std::mem::take(&mut self.raft.msgs);
-        rd.persisted_messages = std::mem::take(&mut self.raft.msgs_after_persist);
+        rd.messages = take_keeping_capacity(&mut self.raft.msgs);
+        rd.persisted_messages = take_keeping_capacity(&mut self.raft.msgs_after_persist);
         self.records.push_back(rec);
         rd
     }
@@ -560,4 +560,11 @@ impl<S: Storage> RawNode<S> {
     pub fn advance_apply_to(&mut self, applied: u64) {
         self.raft.commit_apply(applied);
     }
+}
+
+/// Takes the queued messages, leaving a queue sized for as many (the next Ready usually has
+/// about as many, and growing a vector of large messages one doubling at a time is costly).
+fn take_keeping_capacity(msgs: &mut Vec<Message>) -> Vec<Message> {
+    let len = msgs.len();
+    std::mem::replace(msgs, Vec::with_capacity(len))
 }

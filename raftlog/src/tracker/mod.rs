@@ -66,6 +66,12 @@ impl Configuration {
 
 impl AckedIndexer for ProgressMap {
     fn acked_index(&self, voter: u64) -> Option<u64> {
+        if self.len() <= SCAN_LEN_MAX {
+            return self
+                .iter()
+                .find(|(p, _)| **p == voter)
+                .map(|(_, pr)| pr.matched);
+        }
         self.get(&voter).map(|p| p.matched)
     }
 }
@@ -113,7 +119,11 @@ impl ProgressTracker {
     /// The progress of peer `id`.
     pub fn get(&self, id: u64) -> Option<&Progress> {
         if self.progress.len() <= SCAN_LEN_MAX {
-            return self.progress.iter().find(|(p, _)| **p == id).map(|(_, pr)| pr);
+            return self
+                .progress
+                .iter()
+                .find(|(p, _)| **p == id)
+                .map(|(_, pr)| pr);
         }
         self.progress.get(&id)
     }

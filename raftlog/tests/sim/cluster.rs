@@ -474,10 +474,7 @@ impl Sim {
             self.random_action(step);
             self.settle();
             if !self.world.checker.ok() {
-                return Err(format!(
-                    "step {step}: {}",
-                    self.world.checker.violations.join("; ")
-                ));
+                return Err(format!("step {step}: {}", self.violation_text()));
             }
         }
         self.quiet_phase()?;
@@ -847,10 +844,7 @@ impl Sim {
                 }
             }
             if !self.world.checker.ok() {
-                return Err(format!(
-                    "quiet round {round}: {}",
-                    self.world.checker.violations.join("; ")
-                ));
+                return Err(format!("quiet round {round}: {}", self.violation_text()));
             }
             match final_write {
                 None => {
@@ -953,6 +947,20 @@ impl Sim {
                     && n.applied_index == last
             });
         ok.then_some(l)
+    }
+
+    /// The violations found, each once, in order.
+    fn violation_text(&self) -> String {
+        let mut seen = HashSet::new();
+        let unique: Vec<&str> = self
+            .world
+            .checker
+            .violations
+            .iter()
+            .map(String::as_str)
+            .filter(|v| seen.insert(*v))
+            .collect();
+        unique.join("; ")
     }
 
     /// The checker, for tests that inspect it.

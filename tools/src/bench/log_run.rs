@@ -68,7 +68,7 @@ pub(super) fn run(plan: &Plan) -> Result<RunResult, BenchError> {
     let cpu = CpuTimes::now().since(cpu_before);
     progress.finish();
     let (writes, write_bytes) = counters.snapshot().since(before);
-    drop(store);
+    settle(store).map_err(log_err(path))?;
     let recovery = if plan.args.recover {
         Some(recover(plan, &opts)?)
     } else {
@@ -97,6 +97,14 @@ fn log_err(path: &Path) -> impl Fn(EngineError) -> BenchError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Writes whatever the store still has queued or in flight (the last compaction), then closes
+/// it, so the device is never dropped with operations in flight.
+fn settle(mut store: LogStore) -> Result<(), EngineError> {
+    // `poll(true)` returns no acknowledgement only once nothing is queued or in flight.
+    while !store.poll(true)?.is_empty() {}
+    Ok(())
 }
 
 fn log_config(path: &Path) -> LogConfig {
