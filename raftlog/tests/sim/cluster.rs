@@ -35,6 +35,9 @@ pub struct Options {
     pub max_size_per_msg: u64,
     /// `Config::max_inflight_msgs`.
     pub max_inflight_msgs: usize,
+    /// `Config::batch_append` (on in three of four schedules: it takes the once-per-Ready append
+    /// path of `RawNode::propose`).
+    pub batch_append: bool,
     /// Fault injection into the *application*, to prove the checker catches real bugs: send
     /// `persisted_messages` before the Ready is durable (a crash then forgets promised votes and
     /// acknowledged entries). Always off in the normal schedules.
@@ -59,6 +62,7 @@ impl Options {
             dup_permille: r.below(60),
             max_size_per_msg: [256, 4096, u64::MAX][r.below(3) as usize],
             max_inflight_msgs: [1, 4, 256][r.below(3) as usize],
+            batch_append: (seed / 2) % 4 != 0,
             bug_send_before_persist: false,
         }
     }
@@ -419,6 +423,7 @@ impl Sim {
         c.check_quorum = self.opts.check_quorum;
         c.max_size_per_msg = self.opts.max_size_per_msg;
         c.max_inflight_msgs = self.opts.max_inflight_msgs;
+        c.batch_append = self.opts.batch_append;
         c.rng_seed = self.seed.wrapping_mul(1000).wrapping_add(id);
         c
     }
