@@ -599,3 +599,28 @@ fn random_mix_on_every_backend() {
         .with_queue_depth(32);
     random_mix(&mut sim, 13);
 }
+
+/// Dropping a `uring` device whose last operation has completed in the kernel but was never
+/// reaped must return: the drop drains that completion and must not then wait for another.
+#[test]
+fn uring_drop_with_unreaped_completion_returns() {
+    let dir = scratch_dir();
+    let direct = direct_ok(&dir);
+    let path = dir.join(format!("uring-drop-{}", std::process::id()));
+    let (mut io, _) = device::open(&path, &options(Backend::Uring, direct, 1 << 20)).unwrap();
+    let mut buf = io.pool().take().unwrap();
+    buf.set_len(4096);
+    io.submit(IoOp::Write { tag: 1, offset: 0, buf, durable: true }).unwrap();
+    io.kick().unwrap();
+    // Let the kernel finish the write; its completion stays in the ring, unreaped.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(io);
+        let _ = done_tx.send(());
+    });
+    // A hang is the failure; a minute is far beyond any real drop time.
+    let dropped = done_rx.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = std::fs::remove_file(&path);
+    assert!(dropped.is_ok(), "dropping UringIo hung with a completed, unreaped write");
+}

@@ -583,10 +583,13 @@ impl Drop for UringIo {
     fn drop(&mut self) {
         // The kernel may still be writing into slot buffers: wait for every outstanding CQE
         // before the buffers (and the pool mapping) are freed.
-        let mut guard = 0;
-        while self.slots.iter().any(Option::is_some) && guard < 1_000_000 {
-            guard += 1;
-            if self.drain_cq().is_err() || self.enter(1).is_err() {
+        // Re-check after every drain: the drain may finish the last operation, and waiting for
+        // one more completion then would block forever.
+        for _ in 0..1_000_000 {
+            if self.drain_cq().is_err() || !self.slots.iter().any(Option::is_some) {
+                break;
+            }
+            if self.enter(1).is_err() {
                 break;
             }
         }
