@@ -7,9 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod device;
-pub mod io;
 pub mod error;
 pub mod format;
 pub mod inspect;
+pub mod io;
 pub mod layout;
 pub mod log;

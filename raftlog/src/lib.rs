@@ -91,28 +91,28 @@
 #![warn(missing_docs)]
 
 pub mod codec;
-mod errors;
-mod memstorage;
-pub mod storage;
-pub mod types;
-pub mod quorum;
-pub mod tracker;
 pub mod confchange;
-pub mod raft_log;
-mod log_unstable;
 mod config;
+mod errors;
+mod log_unstable;
+mod memstorage;
+pub mod quorum;
 mod raft;
+pub mod raft_log;
 mod raw_node;
 mod read_only;
 mod rng;
 mod status;
+pub mod storage;
+pub mod tracker;
+pub mod types;
 
 pub use codec::DecodeError;
-pub use errors::{Error, Result, StorageError};
-pub use storage::{MemStorage, RaftState, Storage};
-pub use memstorage::MemStorageCore;
-pub use types::*;
 pub use config::{Config, ReadOnlyOption};
+pub use errors::{Error, Result, StorageError};
+pub use memstorage::MemStorageCore;
 pub use raft::{Raft, CAMPAIGN_TRANSFER};
 pub use raw_node::{LightReady, RawNode, Ready, SnapshotStatus};
 pub use status::{ReadState, SoftState, StateRole, Status};
+pub use storage::{MemStorage, RaftState, Storage};
+pub use types::*;

@@ -24,7 +24,10 @@ pub struct RaftState {
 impl RaftState {
     /// A state from its parts.
     pub fn new(hard_state: HardState, conf_state: ConfState) -> RaftState {
-        RaftState { hard_state, conf_state }
+        RaftState {
+            hard_state,
+            conf_state,
+        }
     }
 
     /// Whether the node has never been initialised (no configuration).

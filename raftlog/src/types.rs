@@ -57,7 +57,13 @@ fn clone_bytes(b: &Bytes) -> Bytes {
 impl Entry {
     /// A normal entry at (`term`, `index`) carrying `data`.
     pub fn new(term: u64, index: u64, data: impl Into<Bytes>) -> Entry {
-        Entry { entry_type: EntryType::EntryNormal, term, index, data: data.into(), context: Bytes::new() }
+        Entry {
+            entry_type: EntryType::EntryNormal,
+            term,
+            index,
+            data: data.into(),
+            context: Bytes::new(),
+        }
     }
 
     /// Bytes this entry counts for in size-limited batches (payload plus a fixed header estimate).
@@ -229,12 +235,22 @@ pub struct ConfState {
 impl ConfState {
     /// A simple (non-joint) configuration of these voters.
     pub fn from_voters(voters: impl Into<Vec<u64>>) -> ConfState {
-        ConfState { voters: voters.into(), ..Default::default() }
+        ConfState {
+            voters: voters.into(),
+            ..Default::default()
+        }
     }
 
     /// A configuration of these voters and learners.
-    pub fn from_voters_learners(voters: impl Into<Vec<u64>>, learners: impl Into<Vec<u64>>) -> ConfState {
-        ConfState { voters: voters.into(), learners: learners.into(), ..Default::default() }
+    pub fn from_voters_learners(
+        voters: impl Into<Vec<u64>>,
+        learners: impl Into<Vec<u64>>,
+    ) -> ConfState {
+        ConfState {
+            voters: voters.into(),
+            learners: learners.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -360,7 +376,10 @@ impl From<ConfChange> for ConfChangeV2 {
     fn from(cc: ConfChange) -> ConfChangeV2 {
         ConfChangeV2 {
             transition: ConfChangeTransition::Auto,
-            changes: vec![ConfChangeSingle { change_type: cc.change_type, node_id: cc.node_id }],
+            changes: vec![ConfChangeSingle {
+                change_type: cc.change_type,
+                node_id: cc.node_id,
+            }],
             context: cc.context,
         }
     }
