@@ -610,7 +610,13 @@ fn uring_drop_with_unreaped_completion_returns() {
     let (mut io, _) = device::open(&path, &options(Backend::Uring, direct, 1 << 20)).unwrap();
     let mut buf = io.pool().take().unwrap();
     buf.set_len(4096);
-    io.submit(IoOp::Write { tag: 1, offset: 0, buf, durable: true }).unwrap();
+    io.submit(IoOp::Write {
+        tag: 1,
+        offset: 0,
+        buf,
+        durable: true,
+    })
+    .unwrap();
     io.kick().unwrap();
     // Let the kernel finish the write; its completion stays in the ring, unreaped.
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -622,5 +628,8 @@ fn uring_drop_with_unreaped_completion_returns() {
     // A hang is the failure; a minute is far beyond any real drop time.
     let dropped = done_rx.recv_timeout(std::time::Duration::from_secs(60));
     let _ = std::fs::remove_file(&path);
-    assert!(dropped.is_ok(), "dropping UringIo hung with a completed, unreaped write");
+    assert!(
+        dropped.is_ok(),
+        "dropping UringIo hung with a completed, unreaped write"
+    );
 }
