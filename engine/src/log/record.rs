@@ -197,14 +197,18 @@ impl Record {
     /// the stream position of each entry's header (relative to the record's start).
     pub fn encode(&self, out: &mut impl ByteSink, mut on_entry: impl FnMut(u64, usize)) {
         let (k, body_len) = (self.kind(), self.body_len());
-        out.put(&[k, 0, 0, 0]);
-        out.put(&(body_len as u32).to_le_bytes());
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        header[0] = k;
+        header[4..].copy_from_slice(&(body_len as u32).to_le_bytes());
+        out.put(&header);
         match self {
             Record::Entries { region_id, entries } => {
                 assert!(!entries.is_empty(), "empty entries record");
-                out.put(&region_id.to_le_bytes());
-                out.put(&entries[0].index.to_le_bytes());
-                out.put(&(entries.len() as u32).to_le_bytes());
+                let mut fixed = [0u8; ENTRIES_BODY_FIXED_LEN];
+                fixed[..8].copy_from_slice(&region_id.to_le_bytes());
+                fixed[8..16].copy_from_slice(&entries[0].index.to_le_bytes());
+                fixed[16..].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+                out.put(&fixed);
                 let mut pos = RECORD_HEADER_LEN + ENTRIES_BODY_FIXED_LEN;
                 for (i, e) in entries.iter().enumerate() {
                     assert_eq!(
@@ -213,11 +217,15 @@ impl Record {
                         "entries record not consecutive"
                     );
                     on_entry(e.index, pos);
-                    out.put(&e.term.to_le_bytes());
-                    out.put(&[entry_type_code(e.entry_type)]);
-                    out.put(&(e.context.len() as u32).to_le_bytes());
-                    out.put(&(e.data.len() as u32).to_le_bytes());
-                    out.put(&e.context);
+                    let mut header = [0u8; ENTRY_HEADER_LEN];
+                    header[..8].copy_from_slice(&e.term.to_le_bytes());
+                    header[8] = entry_type_code(e.entry_type);
+                    header[9..13].copy_from_slice(&(e.context.len() as u32).to_le_bytes());
+                    header[13..].copy_from_slice(&(e.data.len() as u32).to_le_bytes());
+                    out.put(&header);
+                    if !e.context.is_empty() {
+                        out.put(&e.context);
+                    }
                     out.put(&e.data);
                     pos += ENTRY_HEADER_LEN + e.context.len() + e.data.len();
                 }

@@ -98,31 +98,48 @@ fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) 
             continue;
         }
         for msg in first.into_iter().chain(rx.try_iter()) {
-            match msg {
-                WriterMsg::Append(batch, done) => match store.append(batch) {
-                    Ok(t) => {
-                        callbacks.insert(t.0, done);
-                    }
-                    Err(e) => done(Err(e)),
-                },
-                WriterMsg::Compact(region_id, index) => {
-                    if let Err(e) = store.compact_to(region_id, index) {
-                        warn!(region_id, index, error = %e, "compaction refused");
-                    }
-                }
-            }
+            take_msg(&mut store, &mut callbacks, msg);
         }
-        let acks = match store.poll(true) {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "log writer poll failed");
-                Vec::new()
+        let mut acks = poll_logged(&mut store, true);
+        if !acks.is_empty() {
+            // Group commit: whatever arrived while the write was in flight goes out as the next
+            // batch now, before the callbacks run (they wake the callers, which takes a while).
+            for msg in rx.try_iter() {
+                take_msg(&mut store, &mut callbacks, msg);
             }
-        };
+            acks.extend(poll_logged(&mut store, false));
+        }
         for a in acks {
             if let Some(cb) = callbacks.remove(&a.ticket.0) {
                 cb(a.result);
             }
         }
     }
+}
+
+fn take_msg(
+    store: &mut LogStore,
+    callbacks: &mut std::collections::HashMap<u64, AckCallback>,
+    msg: WriterMsg,
+) {
+    match msg {
+        WriterMsg::Append(batch, done) => match store.append(batch) {
+            Ok(t) => {
+                callbacks.insert(t.0, done);
+            }
+            Err(e) => done(Err(e)),
+        },
+        WriterMsg::Compact(region_id, index) => {
+            if let Err(e) = store.compact_to(region_id, index) {
+                warn!(region_id, index, error = %e, "compaction refused");
+            }
+        }
+    }
+}
+
+fn poll_logged(store: &mut LogStore, wait: bool) -> Vec<super::Ack> {
+    store.poll(wait).unwrap_or_else(|e| {
+        warn!(error = %e, "log writer poll failed");
+        Vec::new()
+    })
 }

@@ -90,6 +90,9 @@ pub struct LogStore {
     superblock_wanted: Option<Checkpoint>,
     latched: bool,
     acks: Vec<Ack>,
+    /// A standalone write buffer kept for reuse by batches larger than a pool slot (a single
+    /// append may exceed `batch_bytes_max`), so even those allocate nothing per write.
+    spare: Option<AlignedBuf>,
 }
 
 impl LogStore {
@@ -113,6 +116,7 @@ impl LogStore {
             superblock_wanted: None,
             latched: false,
             acks: Vec::new(),
+            spare: None,
         }
     }
 
@@ -534,7 +538,10 @@ impl LogStore {
                 tickets.extend(p.ticket);
                 for r in p.records {
                     let start = sink.stream_pos();
-                    let mut s = Vec::new();
+                    let mut s = match &r {
+                        Record::Entries { entries, .. } => Vec::with_capacity(entries.len()),
+                        _ => Vec::new(),
+                    };
                     r.encode(&mut sink, |_, pos| s.push(((start + pos) as u32, 0)));
                     if let Record::Entries { entries, .. } = &r {
                         for (sp, e) in s.iter_mut().zip(entries) {
@@ -588,16 +595,40 @@ impl LogStore {
 
     fn take_buffer(&mut self, len: usize) -> AlignedBuf {
         let align = self.shared.geometry.block_size as usize;
-        let mut dev = self.shared.device();
-        let pooled = if dev.io.pool().slot_size_bytes() >= len && dev.io.pool().align() % align == 0
-        {
-            dev.io.pool().take()
-        } else {
-            None
+        let pooled = {
+            let mut dev = self.shared.device();
+            let pool = dev.io.pool();
+            if pool.slot_size_bytes() >= len && pool.align() % align == 0 {
+                pool.take()
+            } else {
+                None
+            }
         };
-        let mut buf = pooled.unwrap_or_else(|| AlignedBuf::new(len, align));
+        let spare = self
+            .spare
+            .take_if(|b| b.capacity() >= len && b.align() % align == 0);
+        let mut buf = pooled
+            .or(spare)
+            .unwrap_or_else(|| AlignedBuf::new(len, align));
         buf.set_len(len);
         buf
+    }
+
+    /// Takes back a buffer the device is done with: a pool slot returns to its pool, a
+    /// standalone write buffer is kept for the next oversized batch.
+    fn recycle_buffer(&mut self, buf: AlignedBuf, kind: IoKind) {
+        let keep = kind == IoKind::Write
+            && buf.pool_id().is_none()
+            && buf.align() % self.shared.geometry.block_size as usize == 0
+            && self
+                .spare
+                .as_ref()
+                .is_none_or(|s| s.capacity() < buf.capacity());
+        if keep {
+            self.spare = Some(buf);
+        } else {
+            self.shared.device().io.pool().give(buf);
+        }
     }
 
     /// Writes the batch header and seals every block; returns the batch's chain checksum.
@@ -642,7 +673,7 @@ impl LogStore {
 
     fn handle_completion(&mut self, c: Completion) {
         if let Some(buf) = c.buf {
-            self.shared.device().io.pool().give(buf);
+            self.recycle_buffer(buf, c.kind);
         }
         if c.tag & super::READ_TAG_BIT != 0 {
             return; // a cold read's, collected by its reader (never expected here)

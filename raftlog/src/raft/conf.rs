@@ -91,13 +91,7 @@ impl<S: Storage> Raft<S> {
         if self.maybe_commit() {
             self.bcast_append();
         } else {
-            let id = self.id;
-            let peers: Vec<u64> = self
-                .prs()
-                .iter()
-                .map(|(p, _)| *p)
-                .filter(|p| *p != id)
-                .collect();
+            let peers = self.other_peer_ids();
             for to in peers {
                 self.maybe_send_append(to, false);
             }

@@ -86,13 +86,7 @@ impl<S: Storage> Raft<S> {
         {
             return;
         }
-        let id = self.id;
-        let peers: Vec<u64> = self
-            .prs()
-            .iter()
-            .map(|(p, _)| *p)
-            .filter(|p| *p != id)
-            .collect();
+        let peers = self.other_peer_ids();
         for to in peers {
             while self.maybe_send_append(to, false) {}
         }

@@ -87,15 +87,19 @@ impl<S: Storage> Raft<S> {
         !self.skip_bcast_commit || self.pending_conf_index > self.raft_log.applied
     }
 
-    /// Sends appends (or snapshots) to every peer that is not paused.
-    pub(crate) fn bcast_append(&mut self) {
+    /// Ids of every tracked peer but this node, in the tracker's deterministic order.
+    pub(crate) fn other_peer_ids(&self) -> Vec<u64> {
         let id = self.id;
-        let peers: Vec<u64> = self
-            .prs()
+        self.prs()
             .iter()
             .map(|(p, _)| *p)
             .filter(|p| *p != id)
-            .collect();
+            .collect()
+    }
+
+    /// Sends appends (or snapshots) to every peer that is not paused.
+    pub(crate) fn bcast_append(&mut self) {
+        let peers = self.other_peer_ids();
         for to in peers {
             self.send_append(to);
         }
@@ -315,13 +319,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn bcast_heartbeat_with_ctx(&mut self, ctx: Option<Vec<u8>>) {
-        let id = self.id;
-        let peers: Vec<u64> = self
-            .prs()
-            .iter()
-            .map(|(p, _)| *p)
-            .filter(|p| *p != id)
-            .collect();
+        let peers = self.other_peer_ids();
         for to in peers {
             self.send_heartbeat(to, ctx.clone());
         }
