@@ -100,16 +100,9 @@ fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) 
         for msg in first.into_iter().chain(rx.try_iter()) {
             take_msg(&mut store, &mut callbacks, msg);
         }
-        let mut acks = poll_logged(&mut store, true);
-        if !acks.is_empty() {
-            // Group commit: whatever arrived while the write was in flight goes out as the next
-            // batch now, before the callbacks run (they wake the callers, which takes a while).
-            for msg in rx.try_iter() {
-                take_msg(&mut store, &mut callbacks, msg);
-            }
-            acks.extend(poll_logged(&mut store, false));
-        }
-        for a in acks {
+        // Callbacks run before the next batch is gathered: they wake the callers, whose next
+        // appends then have the most chance to join the next batch (group commit).
+        for a in poll_logged(&mut store, true) {
             if let Some(cb) = callbacks.remove(&a.ticket.0) {
                 cb(a.result);
             }

@@ -5,7 +5,11 @@
 //! [`LogStore::poll`] submits the next device write when none is in flight (everything queued,
 //! up to `batch_bytes_max`, becomes one on-disk batch), reaps completions, applies durable batches
 //! to the index and returns the acknowledgements. A ticket is acknowledged only once its batch is
-//! durable; acknowledgements come in ticket order. At most one device write is in flight.
+//! durable; acknowledgements come in ticket order. At most one device write is in flight; while
+//! [`LogStore::poll`] waits for it, the batches queued behind it are encoded and sealed into the
+//! next buffer, so the next write goes out as soon as the one in flight is durable. Encoding is
+//! one copy of each entry into the block payloads and one checksum pass per block, into a buffer
+//! of the device's pool (or one kept standalone buffer for a batch larger than a pool slot).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use tracing::{debug, warn};
 use super::index::BatchAt;
 use super::record::{
     put_batch_header, put_summary, summarize, summary_len, ByteSink, Record, RegionSpan,
-    BATCH_FLAG_CHECKPOINT, BATCH_HEADER_LEN,
+    BATCH_FLAG_CHECKPOINT, BATCH_HEADER_LEN, ENTRY_HEADER_LEN,
 };
 use super::{LogBatch, LogConfig, RegionLog, SharedRef};
 use crate::error::{EngineError, Result};
@@ -93,6 +97,8 @@ pub struct LogStore {
     /// A standalone write buffer kept for reuse by batches larger than a pool slot (a single
     /// append may exceed `batch_bytes_max`), so even those allocate nothing per write.
     spare: Option<AlignedBuf>,
+    /// The next batch, encoded while the one before it is in flight (see `prepare_next`).
+    prepared: Option<Encoded>,
 }
 
 impl LogStore {
@@ -117,6 +123,7 @@ impl LogStore {
             latched: false,
             acks: Vec::new(),
             spare: None,
+            prepared: None,
         }
     }
 
@@ -149,12 +156,14 @@ impl LogStore {
 
     /// Batches queued or in flight, not yet acknowledged.
     pub fn pending_count(&self) -> usize {
-        self.queue.len() + usize::from(matches!(self.in_flight, Some(InFlight::Batch(_))))
+        self.queue.len()
+            + usize::from(matches!(self.in_flight, Some(InFlight::Batch(_))))
+            + self.prepared.as_ref().map_or(0, |e| e.tickets.len())
     }
 
     /// Whether nothing is queued or in flight.
     pub(crate) fn is_idle(&self) -> bool {
-        self.in_flight.is_none() && self.queue.is_empty()
+        self.in_flight.is_none() && self.queue.is_empty() && self.prepared.is_none()
     }
 
     pub(crate) fn shared(&self) -> &SharedRef {
@@ -302,6 +311,10 @@ impl LogStore {
                 break;
             }
             let block = wait && self.acks.is_empty();
+            if block {
+                // About to wait for the device: encode the next batch meanwhile.
+                self.prepare_next();
+            }
             {
                 let mut dev = self.shared.device();
                 completions.append(&mut dev.stash);
@@ -342,7 +355,7 @@ impl LogStore {
     pub fn wait_for(&mut self, ticket: Ticket) -> Result<()> {
         loop {
             let acks = self.poll(true)?;
-            if acks.is_empty() && self.in_flight.is_none() && self.queue.is_empty() {
+            if acks.is_empty() && self.is_idle() {
                 return Err(EngineError::WriterStopped);
             }
             for a in acks {
@@ -360,6 +373,9 @@ impl LogStore {
         let mut tickets: Vec<u64> = Vec::new();
         if let Some(InFlight::Batch(b)) = self.in_flight.take() {
             tickets.extend(b.tickets);
+        }
+        if let Some(e) = self.prepared.take() {
+            tickets.extend(e.tickets);
         }
         tickets.extend(self.queue.drain(..).filter_map(|p| p.ticket));
         for t in tickets {
@@ -382,6 +398,9 @@ impl LogStore {
         }
         if let Some(cp) = self.superblock_wanted.take() {
             return self.start_superblock(cp);
+        }
+        if let Some(e) = self.prepared.take() {
+            return self.submit_encoded(e);
         }
         if self.queue.is_empty() {
             return Ok(());
@@ -424,13 +443,13 @@ impl LogStore {
     }
 
     /// Takes queued batches (at least one, then while they fit `batch_bytes_max`).
-    fn take_group(&mut self) -> Vec<Pending> {
+    fn take_group(&mut self, summary_bytes: usize) -> Vec<Pending> {
         let mut group = Vec::new();
         // `batch_bytes_max` counts device bytes: block headers and the summary take their share.
         let bs = self.shared.geometry.block_size as usize;
         let batch_payload_max =
             (self.config.batch_bytes_max as usize / bs).max(1) * payload_capacity(bs);
-        let mut total = BATCH_HEADER_LEN + summary_len(self.pos.prev_summary.as_deref());
+        let mut total = BATCH_HEADER_LEN + summary_bytes;
         let limit = batch_payload_max.min(self.segment_payload_max());
         while let Some(p) = self.queue.front() {
             if !group.is_empty() && (total + p.bytes > limit || p.flags != 0) {
@@ -479,7 +498,7 @@ impl LogStore {
     }
 
     fn start_batch(&mut self) -> Result<()> {
-        let mut group = self.take_group();
+        let mut group = self.take_group(summary_len(self.pos.prev_summary.as_deref()));
         if group[0].flags & BATCH_FLAG_CHECKPOINT != 0 {
             self.fill_checkpoint(&mut group[0]);
         }
@@ -525,11 +544,80 @@ impl LogStore {
             self.pos.segment = next;
             self.pos.offset = geo.segment_offset(next);
         }
-        let mut buf = self.take_buffer(blocks * bs);
+        let at = BatchAt {
+            segment: self.pos.segment,
+            offset: self.pos.offset,
+            sequence: self.pos.sequence,
+        };
+        let shape = BatchShape {
+            at,
+            prev_checksum: self.pos.prev_checksum,
+            payload_len,
+            blocks,
+        };
+        let encoded = self.encode_group(group, summary, shape);
+        self.submit_encoded(encoded)
+    }
+
+    /// Encodes the queued batches that follow the batch in flight into the next buffer and
+    /// seals it, so that the write goes out as soon as the one in flight is durable. Only for
+    /// plain batches that fit the current segment after the one in flight: anything else
+    /// (checkpoints, a segment change, a superblock write due) waits for the ordinary path.
+    fn prepare_next(&mut self) {
+        if self.latched || self.prepared.is_some() || self.superblock_wanted.is_some() {
+            return;
+        }
+        let Some(InFlight::Batch(b)) = &self.in_flight else {
+            return;
+        };
+        if !self.queue.front().is_some_and(|p| p.flags == 0 && p.filled) {
+            return;
+        }
+        let geo = self.shared.geometry;
+        let bs = geo.block_size as usize;
+        let at = BatchAt {
+            segment: b.at.segment,
+            offset: b.at.offset + u64::from(b.blocks) * bs as u64,
+            sequence: b.at.sequence + 1,
+        };
+        let (prev_checksum, mut summary) = (b.checksum, b.summary.clone());
+        let group = self.take_group(summary_len(summary.as_deref()));
+        let records_len = group.iter().map(|p| p.bytes).sum::<usize>();
+        if BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len
+            > self.segment_payload_max()
+        {
+            summary = None;
+        }
+        let payload_len = BATCH_HEADER_LEN + summary_len(summary.as_deref()) + records_len;
+        let blocks = payload_len.div_ceil(payload_capacity(bs));
+        if at.offset + (blocks * bs) as u64 > geo.segment_end(at.segment) {
+            for p in group.into_iter().rev() {
+                self.queue.push_front(p);
+            }
+            return;
+        }
+        let shape = BatchShape {
+            at,
+            prev_checksum,
+            payload_len,
+            blocks,
+        };
+        self.prepared = Some(self.encode_group(group, summary, shape));
+    }
+
+    /// Encodes `group` (with the previous batch's `summary`) into a write buffer and seals it.
+    fn encode_group(
+        &mut self,
+        group: Vec<Pending>,
+        summary: Option<Vec<RegionSpan>>,
+        shape: BatchShape,
+    ) -> Encoded {
+        let bs = self.shared.geometry.block_size as usize;
+        let mut buf = self.take_buffer(shape.blocks * bs);
         let flags = group.iter().fold(0, |f, p| f | p.flags);
         let mut tickets = Vec::with_capacity(group.len());
-        let mut records = Vec::new();
-        let mut spans = Vec::new();
+        let mut records = Vec::with_capacity(group.len());
+        let mut spans = Vec::with_capacity(group.len());
         {
             let mut sink = BlockSink::new(buf.as_mut_slice(), bs);
             sink.put(&[0u8; BATCH_HEADER_LEN]);
@@ -537,60 +625,66 @@ impl LogStore {
             for p in group {
                 tickets.extend(p.ticket);
                 for r in p.records {
-                    let start = sink.stream_pos();
-                    let mut s = match &r {
-                        Record::Entries { entries, .. } => Vec::with_capacity(entries.len()),
-                        _ => Vec::new(),
-                    };
-                    r.encode(&mut sink, |_, pos| s.push(((start + pos) as u32, 0)));
-                    if let Record::Entries { entries, .. } = &r {
-                        for (sp, e) in s.iter_mut().zip(entries) {
-                            sp.1 = (super::record::ENTRY_HEADER_LEN
-                                + e.context.len()
-                                + e.data.len()) as u32;
-                        }
-                    }
-                    spans.push(s);
+                    spans.push(encode_record(&mut sink, &r));
                     records.push(r);
                 }
             }
-            assert_eq!(sink.stream_pos(), payload_len, "batch size estimate");
+            assert_eq!(sink.stream_pos(), shape.payload_len, "batch size estimate");
         }
-        let checksum = self.seal_blocks(
+        let checksum = seal_blocks(
             buf.as_mut_slice(),
-            blocks,
-            payload_len,
+            &shape,
+            SealIds {
+                block_size: bs,
+                nonce: self.shared.nonce,
+            },
             records.len(),
             flags,
             summary.as_deref(),
         );
-        self.pos.prev_summary = summary;
-        let at = BatchAt {
-            segment: self.pos.segment,
-            offset: self.pos.offset,
-            sequence: self.pos.sequence,
-        };
-        let tag = self.tag();
-        self.submit(IoOp::Write {
-            tag,
-            offset: at.offset,
+        Encoded {
             buf,
-            durable: self.config.durable_writes,
-        })?;
-        let summary = summarize(&records);
-        let b = BatchInFlight {
             tickets,
             records,
             spans,
-            at,
-            blocks: blocks as u32,
+            shape,
             checksum,
             flags,
+            used_summary: summary,
+        }
+    }
+
+    /// Submits an encoded batch; it becomes the batch in flight.
+    fn submit_encoded(&mut self, e: Encoded) -> Result<()> {
+        let at = e.shape.at;
+        assert!(
+            at.offset == self.pos.offset
+                && at.sequence == self.pos.sequence
+                && e.shape.prev_checksum == self.pos.prev_checksum,
+            "batch encoded for another position"
+        );
+        self.pos.prev_summary = e.used_summary;
+        let tag = self.tag();
+        let submitted = self.submit(IoOp::Write {
+            tag,
+            offset: at.offset,
+            buf: e.buf,
+            durable: self.config.durable_writes,
+        });
+        let summary = summarize(&e.records);
+        self.in_flight = Some(InFlight::Batch(BatchInFlight {
+            tickets: e.tickets,
+            records: e.records,
+            spans: e.spans,
+            at,
+            blocks: e.shape.blocks as u32,
+            checksum: e.checksum,
+            flags: e.flags,
             flushing: false,
             summary,
-        };
-        self.in_flight = Some(InFlight::Batch(b));
-        Ok(())
+        }));
+        // A failed submission latches the writer, which fails the tickets just put in flight.
+        submitted
     }
 
     fn take_buffer(&mut self, len: usize) -> AlignedBuf {
@@ -629,46 +723,6 @@ impl LogStore {
         } else {
             self.shared.device().io.pool().give(buf);
         }
-    }
-
-    /// Writes the batch header and seals every block; returns the batch's chain checksum.
-    fn seal_blocks(
-        &self,
-        buf: &mut [u8],
-        blocks: usize,
-        payload_len: usize,
-        records: usize,
-        flags: u32,
-        summary: Option<&[RegionSpan]>,
-    ) -> u32 {
-        let bs = self.shared.geometry.block_size as usize;
-        let cap = payload_capacity(bs);
-        put_batch_header(
-            &mut buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + BATCH_HEADER_LEN],
-            self.pos.prev_checksum,
-            records as u32,
-            payload_len as u32,
-            flags,
-            summary,
-        );
-        let mut chain = crc32fast::Hasher::new();
-        for i in 0..blocks {
-            let used = (payload_len - i * cap).min(cap);
-            let block = &mut buf[i * bs..(i + 1) * bs];
-            block[BLOCK_HEADER_LEN + used..].fill(0);
-            let offset = self.pos.offset + (i * bs) as u64;
-            let sum = seal(
-                block,
-                offset,
-                self.shared.nonce,
-                self.pos.sequence,
-                i as u32,
-                blocks as u32,
-                used as u32,
-            );
-            chain.update(&sum.to_le_bytes());
-        }
-        chain.finalize()
     }
 
     fn handle_completion(&mut self, c: Completion) {
@@ -773,6 +827,91 @@ impl LogStore {
             self.checkpoint_queued = true;
         }
     }
+}
+
+/// Where a batch goes and how big it is.
+#[derive(Clone, Copy)]
+struct BatchShape {
+    at: BatchAt,
+    prev_checksum: u32,
+    payload_len: usize,
+    blocks: usize,
+}
+
+/// What a block checksum binds besides the block: its size and the store's format nonce.
+struct SealIds {
+    block_size: usize,
+    nonce: u64,
+}
+
+/// A batch encoded and sealed, ready to submit.
+struct Encoded {
+    buf: AlignedBuf,
+    tickets: Vec<u64>,
+    records: Vec<Record>,
+    spans: Vec<Vec<(u32, u32)>>,
+    shape: BatchShape,
+    checksum: u32,
+    flags: u32,
+    /// The previous batch's summary, as written into this one.
+    used_summary: Option<Vec<RegionSpan>>,
+}
+
+/// Encodes `r` at the sink's position; returns each entry's payload position and length.
+fn encode_record(sink: &mut BlockSink<'_>, r: &Record) -> Vec<(u32, u32)> {
+    let start = sink.stream_pos();
+    let Record::Entries { entries, .. } = r else {
+        r.encode(sink, |_, _| {});
+        return Vec::new();
+    };
+    let mut spans = Vec::with_capacity(entries.len());
+    let mut lens = entries
+        .iter()
+        .map(|e| (ENTRY_HEADER_LEN + e.context.len() + e.data.len()) as u32);
+    r.encode(sink, |_, pos| {
+        spans.push(((start + pos) as u32, lens.next().unwrap_or(0)));
+    });
+    spans
+}
+
+/// Writes the batch header and seals every block of `buf`; returns the batch's chain checksum.
+fn seal_blocks(
+    buf: &mut [u8],
+    shape: &BatchShape,
+    ids: SealIds,
+    records: usize,
+    flags: u32,
+    summary: Option<&[RegionSpan]>,
+) -> u32 {
+    let bs = ids.block_size;
+    let cap = payload_capacity(bs);
+    let (blocks, payload_len) = (shape.blocks, shape.payload_len);
+    put_batch_header(
+        &mut buf[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + BATCH_HEADER_LEN],
+        shape.prev_checksum,
+        records as u32,
+        payload_len as u32,
+        flags,
+        summary,
+    );
+    let mut chain = crc32fast::Hasher::new();
+    for i in 0..blocks {
+        let used = (payload_len - i * cap).min(cap);
+        let block = &mut buf[i * bs..(i + 1) * bs];
+        block[BLOCK_HEADER_LEN + used..].fill(0);
+        let offset = shape.at.offset + (i * bs) as u64;
+        let sum = seal(
+            block,
+            offset,
+            ids.nonce,
+            shape.at.sequence,
+            i as u32,
+            blocks as u32,
+            used as u32,
+        );
+        chain.update(&sum.to_le_bytes());
+    }
+    chain.finalize()
 }
 
 /// Writes a byte stream into the payload areas of consecutive blocks.
