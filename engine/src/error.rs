@@ -155,6 +155,14 @@ pub enum EngineError {
     /// The log writer thread is gone.
     #[error("the log writer has stopped")]
     WriterStopped,
+    /// A thread of the store could not be started.
+    #[error("could not start the {thread} thread: {source}")]
+    ThreadSpawn {
+        /// Which thread.
+        thread: &'static str,
+        /// Why the OS refused.
+        source: std::io::Error,
+    },
 }
 
 /// Result with [`EngineError`].

@@ -73,7 +73,7 @@ fn workload(path: &Path, backend: Backend) {
         return;
     };
     assert_eq!(report.batches, 0);
-    let writer = LogWriterThread::spawn(store);
+    let writer = LogWriterThread::spawn(store).unwrap();
     let per_thread = 60u64;
     std::thread::scope(|s| {
         for region in 1..=4u64 {

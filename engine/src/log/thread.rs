@@ -27,19 +27,22 @@ enum WriterMsg {
 
 impl LogWriterThread {
     /// Moves `store` onto a new thread.
-    pub fn spawn(store: LogStore) -> LogWriterThread {
+    pub fn spawn(store: LogStore) -> Result<LogWriterThread> {
         let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(4096);
         let shared = Arc::clone(store.shared());
         let join = std::thread::Builder::new()
             .name("basalt-log-writer".into())
             .spawn(move || writer_loop(store, rx))
-            .expect("spawning the log writer thread");
+            .map_err(|source| EngineError::ThreadSpawn {
+                thread: "log writer",
+                source,
+            })?;
         let region_logs = Box::new(move |region_id| RegionLog::new(Arc::clone(&shared), region_id));
-        LogWriterThread {
+        Ok(LogWriterThread {
             tx: Some(tx),
             join: Some(join),
             region_logs,
-        }
+        })
     }
 
     /// Queues `batch`; `done` runs once it is durable.

@@ -267,7 +267,7 @@ impl LogJob {
         start: Instant,
         progress: &mut Progress,
     ) -> Result<(LogStore, OpStats), EngineError> {
-        let log = LogWriterThread::spawn(store);
+        let log = LogWriterThread::spawn(store)?;
         let results: Vec<Result<OpStats, EngineError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..self.numjobs)
                 .map(|job| {
