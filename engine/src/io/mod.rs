@@ -177,6 +177,8 @@ pub trait Io: Send {
     /// Move finished completions into `out`; block until at least `min_complete` are there
     /// (0 = never block). Returns how many were appended. `min_complete` is capped at the
     /// number of operations in flight, so it never waits for operations that do not exist.
+    /// It also hands queued operations to the device (an implicit `kick`), so a caller that is
+    /// about to wait need not kick first: with io_uring that is one system call, not two.
     fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, IoError>;
     /// Operations submitted whose completion has not been reaped yet.
     fn in_flight(&self) -> usize;
