@@ -217,6 +217,68 @@ pub fn run_one(io: &mut dyn Io, op: IoOp) -> Result<Completion, IoError> {
     }
 }
 
+/// The device side of a backend that carries out each operation in one go (`sync` at submit,
+/// `sim` once its simulated latency is over); [`run_inline`] turns an [`IoOp`] into calls of these.
+pub(crate) trait InlineOps {
+    /// Read `buf.len()` bytes at `offset` into `buf`.
+    fn read_at(&mut self, offset: u64, buf: &mut AlignedBuf) -> Result<usize, IoError>;
+    /// Write `buf` at `offset`, durable before returning when `durable`.
+    fn write_at(&mut self, offset: u64, buf: &AlignedBuf, durable: bool) -> Result<usize, IoError>;
+    /// Make every completed write durable.
+    fn flush_all(&mut self) -> Result<usize, IoError>;
+}
+
+/// Carries out `op` on `dev` and returns its completion, with the op's buffer handed back.
+/// The caller latches the device when [`Completion::latches`] says so.
+pub(crate) fn run_inline(dev: &mut impl InlineOps, op: IoOp) -> Completion {
+    match op {
+        IoOp::Read {
+            tag,
+            offset,
+            mut buf,
+        } => {
+            let result = dev.read_at(offset, &mut buf);
+            Completion {
+                tag,
+                kind: IoKind::Read,
+                offset,
+                buf: Some(buf),
+                result,
+            }
+        }
+        IoOp::Write {
+            tag,
+            offset,
+            buf,
+            durable,
+        } => {
+            let result = dev.write_at(offset, &buf, durable);
+            Completion {
+                tag,
+                kind: IoKind::Write,
+                offset,
+                buf: Some(buf),
+                result,
+            }
+        }
+        IoOp::Flush { tag } => Completion {
+            tag,
+            kind: IoKind::Flush,
+            offset: 0,
+            buf: None,
+            result: dev.flush_all(),
+        },
+    }
+}
+
+impl Completion {
+    /// Whether this completion latches the device: a failed write or flush (a failed read
+    /// does not).
+    pub fn latches(&self) -> bool {
+        self.kind != IoKind::Read && self.result.is_err()
+    }
+}
+
 /// Check an op's offset, length and buffer address against the geometry (shared by backends).
 pub(crate) fn check_op(geometry: Geometry, offset: u64, buf: &AlignedBuf) -> Result<(), IoError> {
     let align = u64::from(geometry.block_size);

@@ -30,7 +30,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{check_op, AlignedBuf, BufPool, Completion, Geometry, Io, IoError, IoKind, IoOp};
+use super::{
+    check_op, run_inline, AlignedBuf, BufPool, Completion, Geometry, InlineOps, Io, IoError, IoOp,
+};
 
 /// Faults injected by a [`SimIo`]. Probabilities are per operation, in `[0, 1]`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -396,55 +398,9 @@ impl SimIo {
     }
 
     fn execute(&mut self, op: IoOp) -> Completion {
-        match op {
-            IoOp::Read {
-                tag,
-                offset,
-                mut buf,
-            } => {
-                let result = self.execute_read(offset, &mut buf);
-                Completion {
-                    tag,
-                    kind: IoKind::Read,
-                    offset,
-                    buf: Some(buf),
-                    result,
-                }
-            }
-            IoOp::Write {
-                tag,
-                offset,
-                buf,
-                durable,
-            } => {
-                let result = self.execute_write(offset, &buf, durable);
-                self.latched |= result.is_err();
-                Completion {
-                    tag,
-                    kind: IoKind::Write,
-                    offset,
-                    buf: Some(buf),
-                    result,
-                }
-            }
-            IoOp::Flush { tag } => {
-                let result = if self.rng.chance(self.faults.flush_error_prob) {
-                    self.stats.flush_errors += 1;
-                    Err(IoError::Injected("flush error"))
-                } else {
-                    self.disk.flush();
-                    Ok(0)
-                };
-                self.latched |= result.is_err();
-                Completion {
-                    tag,
-                    kind: IoKind::Flush,
-                    offset: 0,
-                    buf: None,
-                    result,
-                }
-            }
-        }
+        let completion = run_inline(self, op);
+        self.latched |= completion.latches();
+        completion
     }
 
     fn execute_read(&mut self, offset: u64, buf: &mut AlignedBuf) -> Result<usize, IoError> {
@@ -528,6 +484,25 @@ impl SimIo {
                 self.pending.push_back(pending);
             }
         }
+    }
+}
+
+impl InlineOps for SimIo {
+    fn read_at(&mut self, offset: u64, buf: &mut AlignedBuf) -> Result<usize, IoError> {
+        self.execute_read(offset, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &AlignedBuf, durable: bool) -> Result<usize, IoError> {
+        self.execute_write(offset, buf, durable)
+    }
+
+    fn flush_all(&mut self) -> Result<usize, IoError> {
+        if self.rng.chance(self.faults.flush_error_prob) {
+            self.stats.flush_errors += 1;
+            return Err(IoError::Injected("flush error"));
+        }
+        self.disk.flush();
+        Ok(0)
     }
 }
 

@@ -12,7 +12,9 @@ use std::fs::File;
 
 use nix::errno::Errno;
 
-use super::{check_op, AlignedBuf, BufPool, Completion, Geometry, Io, IoError, IoKind, IoOp};
+use super::{
+    check_op, run_inline, AlignedBuf, BufPool, Completion, Geometry, InlineOps, Io, IoError, IoOp,
+};
 
 /// Synchronous backend over a file descriptor (usually opened `O_DIRECT`).
 pub struct SyncIo {
@@ -111,6 +113,20 @@ fn os_error(op: &'static str, offset: u64, errno: Errno) -> IoError {
     }
 }
 
+impl InlineOps for SyncIo {
+    fn read_at(&mut self, offset: u64, buf: &mut AlignedBuf) -> Result<usize, IoError> {
+        self.read(offset, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &AlignedBuf, durable: bool) -> Result<usize, IoError> {
+        self.write(offset, buf, durable)
+    }
+
+    fn flush_all(&mut self) -> Result<usize, IoError> {
+        self.flush()
+    }
+}
+
 impl Io for SyncIo {
     fn geometry(&self) -> Geometry {
         self.geometry
@@ -123,51 +139,11 @@ impl Io for SyncIo {
         if self.done.len() >= self.queue_depth {
             return Err(IoError::QueueFull);
         }
-        let completion = match op {
-            IoOp::Read {
-                tag,
-                offset,
-                mut buf,
-            } => {
-                check_op(self.geometry, offset, &buf)?;
-                let result = self.read(offset, &mut buf);
-                Completion {
-                    tag,
-                    kind: IoKind::Read,
-                    offset,
-                    buf: Some(buf),
-                    result,
-                }
-            }
-            IoOp::Write {
-                tag,
-                offset,
-                buf,
-                durable,
-            } => {
-                check_op(self.geometry, offset, &buf)?;
-                let result = self.write(offset, &buf, durable);
-                self.latched |= result.is_err();
-                Completion {
-                    tag,
-                    kind: IoKind::Write,
-                    offset,
-                    buf: Some(buf),
-                    result,
-                }
-            }
-            IoOp::Flush { tag } => {
-                let result = self.flush();
-                self.latched |= result.is_err();
-                Completion {
-                    tag,
-                    kind: IoKind::Flush,
-                    offset: 0,
-                    buf: None,
-                    result,
-                }
-            }
-        };
+        if let IoOp::Read { offset, buf, .. } | IoOp::Write { offset, buf, .. } = &op {
+            check_op(self.geometry, *offset, buf)?;
+        }
+        let completion = run_inline(self, op);
+        self.latched |= completion.latches();
         if let Err(error) = &completion.result {
             tracing::error!(backend = "sync", tag = completion.tag, %error, "I/O failed");
         }
