@@ -139,18 +139,23 @@ pub struct BenchArgs {
     pub recover: bool,
 }
 
-/// Parses a size as fio does: a number with an optional k/m/g/t suffix (powers of 1024;
-/// `KiB`, `kb` and `k` all mean 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// Splits fio-style `text` into its leading decimal number and its (lower-cased) unit suffix;
+/// None when there is no number.
+fn split_number(text: &str) -> Option<(u64, String)> {
     let lower = text.trim().to_ascii_lowercase();
     let digits_end = lower
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(lower.len());
     let (digits, suffix) = lower.split_at(digits_end);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (examples: 4096, 4k, 1m, 2g)"))?;
-    let shift = match suffix {
+    Some((digits.parse().ok()?, suffix.to_string()))
+}
+
+/// Parses a size as fio does: a number with an optional k/m/g/t suffix (powers of 1024;
+/// `KiB`, `kb` and `k` all mean 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, suffix) = split_number(text)
+        .ok_or_else(|| format!("`{text}` is not a size (examples: 4096, 4k, 1m, 2g)"))?;
+    let shift = match suffix.as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
@@ -169,15 +174,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration as fio does: seconds by default, or with an `ms`/`s`/`m`/`h` suffix.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let digits_end = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (digits, suffix) = lower.split_at(digits_end);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 5, 5s, 500ms, 2m)"))?;
-    let millis_per_unit = match suffix {
+    let (number, suffix) = split_number(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (examples: 5, 5s, 500ms, 2m)"))?;
+    let millis_per_unit = match suffix.as_str() {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" => 60_000,
