@@ -36,6 +36,9 @@ pub struct FormatOptions {
     pub force: bool,
     /// Format nonce; random when `None` (tests fix it for determinism).
     pub format_nonce: Option<u64>,
+    /// Segments given to the log's ring (the rest go to the state store); `None` picks
+    /// [`Geometry::default_log_segment_count`].
+    pub log_segment_count: Option<u32>,
 }
 
 impl FormatOptions {
@@ -49,6 +52,7 @@ impl FormatOptions {
             segment_size_bytes: SEGMENT_SIZE_DEFAULT,
             force: false,
             format_nonce: None,
+            log_segment_count: None,
         }
     }
 }
@@ -153,6 +157,19 @@ pub fn format(io: &mut dyn Io, opts: &FormatOptions) -> Result<Superblock> {
             },
         )?;
     check_block_size(io, label, opts.block_size)?;
+    let log_segment_count = opts
+        .log_segment_count
+        .unwrap_or_else(|| Geometry::default_log_segment_count(geo.segment_count));
+    let log_min = crate::layout::SEGMENT_COUNT_MIN as u32;
+    if log_segment_count < log_min || log_segment_count > geo.segment_count {
+        return Err(EngineError::InvalidConfig {
+            key: "log_segment_count",
+            reason: format!(
+                "{log_segment_count} is outside {log_min}..={} (the device's segments)",
+                geo.segment_count
+            ),
+        });
+    }
     if !opts.force {
         refuse_if_in_use(io, label)?;
     }
@@ -167,6 +184,7 @@ pub fn format(io: &mut dyn Io, opts: &FormatOptions) -> Result<Superblock> {
         block_size: geo.block_size,
         segment_size_bytes: geo.segment_size_bytes,
         segment_count: geo.segment_count,
+        log_segment_count,
         device_size_bytes: capacity,
         data_start_offset: geo.data_start_offset,
         checkpoint: Checkpoint {
@@ -293,6 +311,8 @@ pub(crate) fn open_checked(io: &mut dyn Io, label: &str) -> Result<(usize, Super
     let capacity = io.geometry().capacity_bytes;
     if geo.end_offset() > capacity
         || sb.segment_count == 0
+        || sb.log_segment_count < crate::layout::SEGMENT_COUNT_MIN as u32
+        || sb.log_segment_count > sb.segment_count
         || sb.segment_size_bytes % sb.block_size as u64 != 0
     {
         return Err(EngineError::GeometryMismatch {
@@ -321,7 +341,7 @@ impl LogStore {
         let shared = Arc::new(Shared {
             label,
             nonce: sb.format_nonce,
-            geometry: Geometry::of(&sb),
+            geometry: Geometry::log_of(&sb),
             device: Mutex::new(dev),
             index: RwLock::new(rec.index),
         });

@@ -88,6 +88,11 @@ impl fmt::Display for InspectReport {
                         "  block size {}, segment size {}, {} segments from offset {}, device size {}",
                         sb.block_size, sb.segment_size_bytes, sb.segment_count, sb.data_start_offset, sb.device_size_bytes
                     )?;
+                    writeln!(
+                        f,
+                        "  log ring: segments 0..{}; state store: segments {}..{}",
+                        sb.log_segment_count, sb.log_segment_count, sb.segment_count
+                    )?;
                     let cp = sb.checkpoint;
                     writeln!(
                         f,

@@ -81,6 +81,7 @@ fn layout_constants_match_format_md() {
         ("checkpoint_sequence", sb::CHECKPOINT_SEQUENCE, 8),
         ("checkpoint_prev_checksum", sb::CHECKPOINT_PREV_CHECKSUM, 4),
         ("checkpoint_segment", sb::CHECKPOINT_SEGMENT, 4),
+        ("log_segment_count", sb::LOG_SEGMENT_COUNT, 4),
         ("reserved", sb::RESERVED, sb::CHECKSUM - sb::RESERVED),
         ("checksum", sb::CHECKSUM, 4),
     ] {

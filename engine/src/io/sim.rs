@@ -29,6 +29,7 @@
 //!   a prefix. Durable data is never lost and no data is invented.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{
     check_op, run_inline, AlignedBuf, BufPool, Completion, Geometry, InlineOps, Io, IoError, IoOp,
@@ -114,6 +115,15 @@ struct Disk {
     durable: BTreeMap<u64, Box<[u8]>>,
     /// Newer-than-durable contents, with the sequence number of the write that put them there.
     volatile: BTreeMap<u64, (u64, Box<[u8]>)>,
+    /// Sequence number of the last write landed (by any handle).
+    write_seq: u64,
+}
+
+/// The disk shared by every handle ([`SimIo::share`]) onto one simulated device.
+type SharedDisk = Arc<Mutex<Disk>>;
+
+fn lock(disk: &SharedDisk) -> MutexGuard<'_, Disk> {
+    disk.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Disk {
@@ -154,8 +164,7 @@ pub struct SimIo {
     queue_depth: usize,
     pending: VecDeque<Pending>,
     ready: VecDeque<Completion>,
-    disk: Disk,
-    write_seq: u64,
+    disk: SharedDisk,
     failing_read_sectors: BTreeSet<u64>,
     latched: bool,
     stats: SimStats,
@@ -189,8 +198,33 @@ impl SimIo {
             queue_depth: 128,
             pending: VecDeque::new(),
             ready: VecDeque::new(),
-            disk: Disk::default(),
-            write_seq: 0,
+            disk: SharedDisk::default(),
+            failing_read_sectors: BTreeSet::new(),
+            latched: false,
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Another handle onto the same simulated disk, as a second file descriptor (and ring) on
+    /// one real device: its own queue, latch, fault settings, statistics and buffer pool, the
+    /// same sectors and the same write cache, so a `Flush` through either handle makes every
+    /// completed write durable, and [`SimIo::power_loss`] on any handle drops the volatile data
+    /// of all of them (each handle loses only its own in-flight operations). The new handle's
+    /// PRNG is derived from this handle's current state (deterministic).
+    pub fn share(&self) -> SimIo {
+        let seed = self.rng.0 ^ 0x5eed_5a4e_d15c_0001;
+        let block = self.geometry.block_size as usize;
+        let pool = BufPool::new(block * SIM_POOL_SLOT_BLOCKS, SIM_POOL_SLOT_COUNT, block)
+            .expect("sim buffer pool (anonymous mapping) must be mappable");
+        SimIo {
+            geometry: self.geometry,
+            faults: self.faults.clone(),
+            rng: SplitMix64(seed),
+            pool,
+            queue_depth: self.queue_depth,
+            pending: VecDeque::new(),
+            ready: VecDeque::new(),
+            disk: Arc::clone(&self.disk),
             failing_read_sectors: BTreeSet::new(),
             latched: false,
             stats: SimStats::default(),
@@ -241,9 +275,10 @@ impl SimIo {
         let sector = offset / size;
         let bit = self.rng.below(size * 8) as usize;
         let zeros = || vec![0u8; size as usize].into_boxed_slice();
-        let durable = self.disk.durable.entry(sector).or_insert_with(zeros);
+        let mut disk = lock(&self.disk);
+        let durable = disk.durable.entry(sector).or_insert_with(zeros);
         durable[bit / 8] ^= 1 << (bit % 8);
-        if let Some((_, data)) = self.disk.volatile.get_mut(&sector) {
+        if let Some((_, data)) = disk.volatile.get_mut(&sector) {
             data[bit / 8] ^= 1 << (bit % 8);
         }
         self.stats.rotted_sectors += 1;
@@ -279,7 +314,7 @@ impl SimIo {
 
     /// Number of sectors whose newest contents are not yet durable.
     pub fn volatile_sector_count(&self) -> usize {
-        self.disk.volatile.len()
+        lock(&self.disk).volatile.len()
     }
 
     fn read_with(
@@ -294,8 +329,9 @@ impl SimIo {
             "unaligned sim inspection"
         );
         let mut out = vec![0u8; len];
+        let disk = lock(&self.disk);
         for (i, chunk) in out.chunks_mut(size).enumerate() {
-            if let Some(data) = get(&self.disk, offset / size as u64 + i as u64) {
+            if let Some(data) = get(&disk, offset / size as u64 + i as u64) {
                 chunk.copy_from_slice(data);
             }
         }
@@ -320,7 +356,8 @@ impl SimIo {
         self.ready.clear();
         self.latched = false;
         let mut by_write: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for (&sector, (seq, _)) in &self.disk.volatile {
+        let mut disk = lock(&self.disk);
+        for (&sector, (seq, _)) in &disk.volatile {
             by_write.entry(*seq).or_default().push(sector);
         }
         for sectors in by_write.into_values() {
@@ -337,11 +374,11 @@ impl SimIo {
                 } else {
                     (i as u64) < keep_prefix
                 };
-                let Some((_, data)) = self.disk.volatile.remove(&sector) else {
+                let Some((_, data)) = disk.volatile.remove(&sector) else {
                     continue;
                 };
                 if keep {
-                    self.disk.durable.insert(sector, data);
+                    disk.durable.insert(sector, data);
                     self.stats.sectors_kept_at_power_loss += 1;
                 } else {
                     self.stats.sectors_dropped_at_power_loss += 1;
@@ -380,20 +417,17 @@ impl SimIo {
 
     /// Store the first `sectors` sectors of `buf` at `offset`, as one write.
     fn land(&mut self, offset: u64, buf: &AlignedBuf, sectors: u64, durable: bool) {
-        self.write_seq += 1;
         let size = self.sector_size() as usize;
+        let mut disk = lock(&self.disk);
+        disk.write_seq += 1;
+        let seq = disk.write_seq;
         for (i, chunk) in buf
             .as_slice()
             .chunks(size)
             .take(sectors as usize)
             .enumerate()
         {
-            self.disk.put(
-                offset / size as u64 + i as u64,
-                chunk,
-                self.write_seq,
-                durable,
-            );
+            disk.put(offset / size as u64 + i as u64, chunk, seq, durable);
         }
     }
 
@@ -501,7 +535,7 @@ impl InlineOps for SimIo {
             self.stats.flush_errors += 1;
             return Err(IoError::Injected("flush error"));
         }
-        self.disk.flush();
+        lock(&self.disk).flush();
         Ok(0)
     }
 }

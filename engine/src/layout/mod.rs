@@ -17,12 +17,18 @@ pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 
 /// The on-disk format version this build writes and reads. History in `docs/FORMAT.md`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes of one superblock copy (one I/O; the device's logical block must divide it).
 pub const SUPERBLOCK_LEN: usize = 4096;
 /// Device offsets of the two superblock copies. Apart, so one damaged area rarely takes both.
 pub const SUPERBLOCK_OFFSETS: [u64; 2] = [0, 512 * KIB];
+/// Device offsets of the two state-root copies (written only by the state store), inside the
+/// superblock area and apart like the superblock copies.
+pub const STATE_ROOT_OFFSETS: [u64; 2] = [64 * KIB, 576 * KIB];
+/// Bytes of one state-root copy.
+pub const STATE_ROOT_LEN: usize = 4096;
+
 /// The area reserved for superblocks (and left untouched otherwise); segment 0 starts here.
 pub const SUPERBLOCK_AREA_BYTES: u64 = MIB;
 
@@ -42,5 +48,8 @@ pub const SEGMENT_BLOCKS_MIN: u64 = 16;
 pub const SEGMENT_COUNT_MIN: u64 = 2;
 
 const _: () = assert!(SUPERBLOCK_OFFSETS[1] + SUPERBLOCK_LEN as u64 <= SUPERBLOCK_AREA_BYTES);
+const _: () = assert!(STATE_ROOT_OFFSETS[1] + STATE_ROOT_LEN as u64 <= SUPERBLOCK_AREA_BYTES);
+const _: () = assert!(STATE_ROOT_OFFSETS[0] % BLOCK_SIZE_MAX as u64 == 0);
+const _: () = assert!(STATE_ROOT_OFFSETS[1] % BLOCK_SIZE_MAX as u64 == 0);
 const _: () = assert!(SUPERBLOCK_AREA_BYTES % BLOCK_SIZE_MAX as u64 == 0);
 const _: () = assert!(SUPERBLOCK_OFFSETS[1] % BLOCK_SIZE_MAX as u64 == 0);

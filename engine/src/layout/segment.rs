@@ -86,6 +86,28 @@ impl Geometry {
         }
     }
 
+    /// The geometry the log sees: the same grid cut to the log's ring (`0..log_segment_count`).
+    pub fn log_of(sb: &Superblock) -> Geometry {
+        Geometry {
+            segment_count: sb.log_segment_count,
+            ..Geometry::of(sb)
+        }
+    }
+
+    /// The default split of `segment_count` segments: a quarter (at least
+    /// [`SEGMENT_COUNT_MIN`]) for the log's ring, the rest for the state store. The log only
+    /// holds entries not yet applied and checkpointed, so it needs far less than the data; a
+    /// device with fewer than `2 * SEGMENT_COUNT_MIN` segments gives everything to the log
+    /// (a log-only store: tests and tiny devices).
+    pub fn default_log_segment_count(segment_count: u32) -> u32 {
+        let min = SEGMENT_COUNT_MIN as u32;
+        if segment_count < 2 * min {
+            segment_count
+        } else {
+            (segment_count / 4).max(min)
+        }
+    }
+
     /// Device offset where segment `segment` starts.
     pub fn segment_offset(&self, segment: u32) -> u64 {
         assert!(

@@ -43,8 +43,11 @@ pub mod field {
     pub const CHECKPOINT_PREV_CHECKSUM: usize = 104;
     /// `u32` checkpoint: segment holding that batch.
     pub const CHECKPOINT_SEGMENT: usize = 108;
+    /// `u32` segments `0..log_segment_count` form the log's ring; the rest belong to the state
+    /// store.
+    pub const LOG_SEGMENT_COUNT: usize = 112;
     /// First reserved (zero) byte.
-    pub const RESERVED: usize = 112;
+    pub const RESERVED: usize = 116;
     /// `u32` CRC-32 (IEEE, crc32fast) over bytes `0..CHECKSUM` then the copy's device
     /// offset as `u64` little-endian.
     pub const CHECKSUM: usize = super::SUPERBLOCK_LEN - 4;
@@ -82,6 +85,9 @@ pub struct Superblock {
     pub segment_size_bytes: u64,
     /// Number of segments.
     pub segment_count: u32,
+    /// Segments `0..log_segment_count` are the log's ring; `log_segment_count..segment_count`
+    /// are the state store's.
+    pub log_segment_count: u32,
     /// Device size when formatted.
     pub device_size_bytes: u64,
     /// Device offset of segment 0.
@@ -168,6 +174,7 @@ impl Superblock {
             self.checkpoint.prev_checksum,
         );
         put_u32(out, field::CHECKPOINT_SEGMENT, self.checkpoint.segment);
+        put_u32(out, field::LOG_SEGMENT_COUNT, self.log_segment_count);
         let sum = checksum(out, copy);
         put_u32(out, field::CHECKSUM, sum);
     }
@@ -208,6 +215,7 @@ impl Superblock {
             format_nonce: get_u64(image, field::FORMAT_NONCE),
             block_size: get_u32(image, field::BLOCK_SIZE),
             segment_count: get_u32(image, field::SEGMENT_COUNT),
+            log_segment_count: get_u32(image, field::LOG_SEGMENT_COUNT),
             segment_size_bytes: get_u64(image, field::SEGMENT_SIZE),
             device_size_bytes: get_u64(image, field::DEVICE_SIZE),
             data_start_offset: get_u64(image, field::DATA_START),
@@ -255,6 +263,7 @@ mod tests {
             block_size: 4096,
             segment_size_bytes: 64 << 20,
             segment_count: 10,
+            log_segment_count: 3,
             device_size_bytes: 1 << 30,
             data_start_offset: 1 << 20,
             checkpoint: Checkpoint {

@@ -334,7 +334,7 @@ pub(crate) fn recover(
     cache_bytes_max: u64,
 ) -> Result<Recovered> {
     let started = Instant::now();
-    let geo = Geometry::of(sb);
+    let geo = Geometry::log_of(sb);
     let cp = sb.checkpoint;
     let mut scan = Scan {
         reader: BlockReader::new(dev, geo, sb.format_nonce, label).with_prefetch(),

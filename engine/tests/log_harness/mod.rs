@@ -105,6 +105,8 @@ pub fn sim_store(
         block_size,
         segment_size_bytes,
         format_nonce: Some(seed ^ 0x5eed),
+        // Log-only store: every segment is the log's (these tests size the ring exactly).
+        log_segment_count: Some(segments as u32),
         ..FormatOptions::new(format!("sim-{seed}"))
     };
     format(&mut io, &opts).expect("format sim");
