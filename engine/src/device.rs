@@ -88,6 +88,11 @@ pub struct OpenOptions {
     /// Regular files only: create the file if missing and extend it to this size if smaller
     /// (never shrinks). Default `None`: the file must exist.
     pub create_size_bytes: Option<u64>,
+    /// Block devices only: open with `O_EXCL` (refused while mounted or claimed by another
+    /// exclusive opener). Default true. The store's second and third handles (the state store's
+    /// writer and reader, see [`open_store`]) are opened without it: the first handle already
+    /// holds the claim for the process.
+    pub exclusive: bool,
 }
 
 impl Default for OpenOptions {
@@ -99,8 +104,42 @@ impl Default for OpenOptions {
             pool_slot_size_bytes: 256 * 1024,
             pool_slot_count: 32,
             create_size_bytes: None,
+            exclusive: true,
         }
     }
+}
+
+/// The device handles of one store: the log writer's, and the state store's writer and reader
+/// (each its own file descriptor and ring, so a value read never waits behind a log flush).
+pub struct StoreHandles {
+    /// The log writer's handle (opened first, exclusively).
+    pub log: Box<dyn Io>,
+    /// The state store's writes (non-durable; flushed by checkpoints).
+    pub state_write: Box<dyn Io>,
+    /// The state store's reads (gets, scans, snapshot builds).
+    pub state_read: Box<dyn Io>,
+    /// What was probed.
+    pub info: DeviceInfo,
+}
+
+/// Opens the three handles of a store on `path`: the first with `opts` (exclusive on a block
+/// device), the state store's two without `O_EXCL`, smaller buffer pools, and the same backend.
+pub fn open_store(path: &Path, opts: &OpenOptions) -> Result<StoreHandles, DeviceError> {
+    let (log, info) = open(path, opts)?;
+    let second = OpenOptions {
+        exclusive: false,
+        create_size_bytes: None,
+        pool_slot_count: opts.pool_slot_count.div_ceil(4).max(2),
+        ..opts.clone()
+    };
+    let (state_write, _) = open(path, &second)?;
+    let (state_read, _) = open(path, &second)?;
+    Ok(StoreHandles {
+        log,
+        state_write,
+        state_read,
+        info,
+    })
 }
 
 /// Errors opening or probing a device. Each names the path.
@@ -226,7 +265,7 @@ pub fn open_with_mode(
         create_or_extend(path, size)?;
     }
     let info = probe(path)?;
-    let file = open_file(path, info.kind, opts.direct)?;
+    let file = open_file(path, info.kind, opts.direct, opts.exclusive)?;
     if opts.direct {
         check_direct_alignment(&file, &info)?;
     }
@@ -307,12 +346,17 @@ fn create_or_extend(path: &Path, size: u64) -> Result<(), DeviceError> {
 const BUSY_ATTEMPTS: u32 = 10;
 const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-fn open_file(path: &Path, kind: DeviceKind, direct: bool) -> Result<File, DeviceError> {
+fn open_file(
+    path: &Path,
+    kind: DeviceKind,
+    direct: bool,
+    exclusive: bool,
+) -> Result<File, DeviceError> {
     let mut flags = libc::O_CLOEXEC;
     if direct {
         flags |= libc::O_DIRECT;
     }
-    if kind == DeviceKind::BlockDevice {
+    if kind == DeviceKind::BlockDevice && exclusive {
         flags |= libc::O_EXCL;
     }
     let open = || {

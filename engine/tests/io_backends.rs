@@ -52,6 +52,7 @@ fn options(backend: Backend, direct: bool, size: u64) -> OpenOptions {
         pool_slot_size_bytes: SLOT_BYTES,
         pool_slot_count: 16,
         create_size_bytes: Some(size),
+        exclusive: true,
     }
 }
 
@@ -396,6 +397,53 @@ fn loop_device_all_backends() {
             second.err()
         );
     }
+}
+
+/// A store's three handles open on one block device (the first claims it with `O_EXCL`, the
+/// state store's two do not), each sees the others' writes, and another store's exclusive open
+/// is still refused.
+#[test]
+fn loop_device_store_handles_share_one_claim() {
+    let Some(lo) = LoopDevice::attach(32 << 20, 512) else {
+        return;
+    };
+    let opts = OpenOptions {
+        create_size_bytes: None,
+        ..options(Backend::Auto, true, 0)
+    };
+    let mut h = device::open_store(&lo.dev, &opts).unwrap();
+    workload(h.log.as_mut(), 4);
+    let mut buf = AlignedBuf::new(4096, 512);
+    buf.as_mut_slice().fill(0x5a);
+    run_one(
+        h.state_write.as_mut(),
+        IoOp::Write {
+            tag: 1,
+            offset: 8192,
+            buf,
+            durable: true,
+        },
+    )
+    .unwrap()
+    .result
+    .unwrap();
+    let c = run_one(
+        h.state_read.as_mut(),
+        IoOp::Read {
+            tag: 2,
+            offset: 8192,
+            buf: AlignedBuf::new(4096, 512),
+        },
+    )
+    .unwrap();
+    c.result.unwrap();
+    assert!(c.buf.unwrap().as_slice().iter().all(|&b| b == 0x5a));
+    let other = device::open(&lo.dev, &opts);
+    assert!(
+        matches!(other, Err(DeviceError::Busy { .. })),
+        "{:?}",
+        other.err()
+    );
 }
 
 #[test]
