@@ -60,6 +60,7 @@ pub(super) fn run(plan: &Plan) -> Result<RunResult, BenchError> {
         pool_slot_size_bytes: plan.args.bs as usize,
         pool_slot_count: iodepth,
         create_size_bytes: plan.create_size_bytes,
+        exclusive: true,
     };
     if !plan.rw.is_write() && plan.create_size_bytes.is_some() {
         lay_out(plan)?;
