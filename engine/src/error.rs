@@ -149,12 +149,72 @@ pub enum EngineError {
         /// The region.
         region_id: u64,
     },
+    /// Every state segment is in use: compaction must free some before more can be written.
+    #[error("state store full: all {segment_count} state segments in use")]
+    StateFull {
+        /// Segments of the state partition.
+        segment_count: u32,
+    },
+    /// A state record (key + value) does not fit in one state segment.
+    #[error("state record of {size_bytes} bytes exceeds the maximum of {max_bytes}")]
+    StateRecordTooLarge {
+        /// Encoded size.
+        size_bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// The state store holds no such region.
+    #[error("region {region_id}: not in the state store")]
+    StateRegionUnknown {
+        /// The region.
+        region_id: u64,
+    },
+    /// The state store already holds this region.
+    #[error("region {region_id}: already in the state store")]
+    StateRegionExists {
+        /// The region.
+        region_id: u64,
+    },
+    /// An entry was applied at or below the region's applied index.
+    #[error("region {region_id}: index {index} is not after the applied index {applied_index}")]
+    StaleApply {
+        /// The region.
+        region_id: u64,
+        /// The index given.
+        index: u64,
+        /// The region's applied index.
+        applied_index: u64,
+    },
+    /// No snapshot install with this id is in progress.
+    #[error("no snapshot install {install_id} in progress")]
+    UnknownInstall {
+        /// The install id.
+        install_id: u64,
+    },
+    /// Snapshot entries given to an install out of key order.
+    #[error("region {region_id}: snapshot install keys must be strictly ascending")]
+    InstallKeyOrder {
+        /// The region being installed.
+        region_id: u64,
+    },
+    /// A state-store call that conflicts with one in progress (a checkpoint, an install).
+    #[error("state store busy: {what}")]
+    StateBusy {
+        /// What conflicts.
+        what: &'static str,
+    },
     /// An earlier write or flush failed; the store must be reopened.
     #[error("a previous I/O error latched the log; reopen the store")]
     Latched,
     /// The log writer thread is gone.
     #[error("the log writer has stopped")]
     WriterStopped,
+    /// A worker thread of the state store (apply, snapshot) is gone.
+    #[error("the {worker} worker has stopped")]
+    WorkerStopped {
+        /// Which worker.
+        worker: &'static str,
+    },
     /// A thread of the store could not be started.
     #[error("could not start the {thread} thread: {source}")]
     ThreadSpawn {

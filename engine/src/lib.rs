@@ -13,3 +13,4 @@ pub mod inspect;
 pub mod io;
 pub mod layout;
 pub mod log;
+pub mod state;

@@ -396,16 +396,27 @@ fn shared_handles_see_one_disk_and_one_write_cache() {
     assert_eq!(b.read_visible(0, BLOCK), vec![0xaa; BLOCK]);
     assert_eq!(a.read_visible(BLOCK as u64, BLOCK), vec![0xbb; BLOCK]);
     assert_eq!(a.volatile_sector_count(), 2);
-    run_one(&mut b, IoOp::Flush { tag: 9 }).unwrap().result.unwrap();
+    run_one(&mut b, IoOp::Flush { tag: 9 })
+        .unwrap()
+        .result
+        .unwrap();
     assert_eq!(a.read_durable(0, 2 * BLOCK)[..BLOCK], vec![0xaa; BLOCK][..]);
     assert_eq!(a.volatile_sector_count(), 0);
     let mut lost = false;
     for i in 1..=64u8 {
         write(&mut b, 2 * BLOCK as u64, BLOCK, i, false).unwrap();
         a.power_loss();
-        assert_eq!(b.volatile_sector_count(), 0, "power loss via a left b's cache");
+        assert_eq!(
+            b.volatile_sector_count(),
+            0,
+            "power loss via a left b's cache"
+        );
         lost |= b.read_visible(2 * BLOCK as u64, BLOCK) != vec![i; BLOCK];
     }
     assert!(lost, "64 power losses never dropped b's volatile write");
-    assert_eq!(b.read_visible(0, BLOCK), vec![0xaa; BLOCK], "durable data lost");
+    assert_eq!(
+        b.read_visible(0, BLOCK),
+        vec![0xaa; BLOCK],
+        "durable data lost"
+    );
 }

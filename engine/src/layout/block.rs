@@ -101,11 +101,37 @@ pub fn seal(
     count: u32,
     payload_len: u32,
 ) -> u32 {
+    let header = BlockHeader {
+        checksum: 0,
+        sequence,
+        block_index: index,
+        block_count: count,
+        payload_len,
+    };
+    seal_with_magic(block, BLOCK_MAGIC, offset, nonce, &header)
+}
+
+/// [`seal`] for another kind of block (the state store's blocks carry magic `BSST`): writes
+/// `header` (its `checksum` field is ignored) and `magic`, and returns the checksum.
+pub fn seal_with_magic(
+    block: &mut [u8],
+    magic: [u8; 4],
+    offset: u64,
+    nonce: u64,
+    header: &BlockHeader,
+) -> u32 {
+    let BlockHeader {
+        sequence,
+        block_index: index,
+        block_count: count,
+        payload_len,
+        ..
+    } = *header;
     assert!(
         index < count && payload_len as usize <= payload_capacity(block.len()),
         "block header out of range"
     );
-    block[field::MAGIC..field::MAGIC + 4].copy_from_slice(&BLOCK_MAGIC);
+    block[field::MAGIC..field::MAGIC + 4].copy_from_slice(&magic);
     put_u64(block, field::SEQUENCE, sequence);
     put_u32(block, field::BLOCK_INDEX, index);
     put_u32(block, field::BLOCK_COUNT, count);
@@ -118,7 +144,17 @@ pub fn seal(
 
 /// Verifies `block` as read from device offset `offset` and decodes its header.
 pub fn verify(block: &[u8], offset: u64, nonce: u64) -> Result<BlockHeader, BlockDefect> {
-    if block[field::MAGIC..field::MAGIC + 4] != BLOCK_MAGIC {
+    verify_with_magic(block, BLOCK_MAGIC, offset, nonce)
+}
+
+/// [`verify`] for a block of another kind, identified by `magic`.
+pub fn verify_with_magic(
+    block: &[u8],
+    magic: [u8; 4],
+    offset: u64,
+    nonce: u64,
+) -> Result<BlockHeader, BlockDefect> {
+    if block[field::MAGIC..field::MAGIC + 4] != magic {
         return Err(BlockDefect::NoMagic);
     }
     let stored = get_u32(block, field::CHECKSUM);

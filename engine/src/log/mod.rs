@@ -121,6 +121,18 @@ impl LogBatch {
         self
     }
 
+    /// Records that the region's state now comes from a snapshot at (`index`, `term`): entries
+    /// up to `index` are discarded, and if `index` is beyond the last entry the log is emptied
+    /// and continues at `index + 1` (a `Compact` record; added for snapshot installs).
+    pub fn set_snapshot(&mut self, region_id: u64, index: u64, term: u64) -> &mut Self {
+        self.records.push(Record::Compact {
+            region_id,
+            index,
+            term,
+        });
+        self
+    }
+
     /// Whether the batch has no records.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()

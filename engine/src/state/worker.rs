@@ -1,0 +1,659 @@
+//! The state store's threads: [`ApplyWorker`] owns the [`StateStore`] and applies committed
+//! entries; [`SnapshotWorker`] builds region snapshots from frozen views and relays received
+//! ones to the apply worker for installation.
+//!
+//! # Apply worker
+//! Takes [`ApplyRequest`]s from a bounded channel and answers with [`ApplyEvent`]s. Entries of
+//! a region are applied in index order: an entry at or below the region's applied index is
+//! skipped (a replay after restart), one beyond `applied + 1` is refused as a gap. A normal
+//! entry with data is decoded as a [`Command`] and applied atomically with its index; an empty
+//! entry or a conf change only advances the applied index (and records the conf state the owner
+//! computed for it, see [`ApplyTask::conf_states`]). A command that does not decode is applied
+//! as a no-op (every replica sees the same bytes, so they all agree) and reported as refused.
+//!
+//! Between two batches of requests the worker runs one bounded step of background work: a
+//! checkpoint step (a checkpoint starts once `checkpoint_log_bytes` of entry data were applied
+//! since the last, and on stop) or a compaction step. So no request waits behind more than one
+//! step. Each finished checkpoint is reported as [`ApplyEvent::CheckpointDone`]: the owner may
+//! then compact the regions' logs up to the indexes it lists.
+//!
+//! Any error of the store is fatal: the worker reports [`ApplyEvent::Failed`] and stops (the
+//! store latches itself after an I/O error; the owner reopens it).
+//!
+//! # Snapshot worker
+//! Takes [`SnapshotRequest`]s (`try_send`: a requester never waits). A build freezes the region
+//! through the apply worker (cheap: a clone of the region's index), then cuts the frozen view
+//! into chunks on the snapshot thread; the result is published in a [`SnapshotHandle`], which
+//! [`super::storage::RegionStorage`] consults. An install verifies each chunk's CRC on the
+//! snapshot thread and hands it to the apply worker, which feeds its [`SnapshotReceiver`] (the
+//! store's install switches the region in atomically at the end).
+//!
+//! # The owner's side
+//! - Send with `try_send` from the store loop (the loop never waits); a full queue is back
+//!   pressure. Keep draining [`ApplyEvent`]s: the worker waits when its event queue is full, so
+//!   an owner that blocks sending requests while not reading events can deadlock with it.
+//! - On [`ApplyEvent::CheckpointDone`], compact each listed region's log up to its index.
+//! - On [`SnapshotEvent::Installed`], record the snapshot in the log
+//!   (`LogBatch::set_snapshot(region, index, term)`) and continue applying from `index + 1`.
+//! - The bound on one step has two exceptions: the last chunk of an install runs the store's
+//!   `install_finish` (a whole checkpoint), and so does stopping.
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use raftlog::{ConfState, Entry, EntryType};
+use tracing::{debug, warn};
+
+use super::command::{Command, CommandError, OpResult};
+use super::snapshot::{Chunk, ReceiveProgress, SnapshotError, SnapshotMeta, SnapshotReceiver};
+use super::{CheckpointInfo, FrozenRegion, InstallId, RegionState, StateStore};
+use crate::error::{EngineError, Result};
+use crate::layout::MIB;
+
+/// The error of a call to a stopped apply worker.
+pub(crate) const APPLY_STOPPED: EngineError = EngineError::WorkerStopped { worker: "apply" };
+
+/// Options of the [`ApplyWorker`].
+#[derive(Clone, Debug)]
+pub struct ApplyConfig {
+    /// Start a checkpoint once this many bytes of entry data were applied since the last one.
+    /// Default 64 MiB: restart replays at most that much of the log, and a checkpoint (which
+    /// writes the whole index) is amortised over many applies.
+    pub checkpoint_log_bytes: u64,
+    /// Bytes one checkpoint step may write before the worker looks at its queue again. Default
+    /// 1 MiB: about a millisecond of device time, the bound on how long an apply waits.
+    pub checkpoint_step_bytes: u64,
+    /// Requests handled between two background steps. Default 64: background work keeps up
+    /// under load while each request still waits for at most one step.
+    pub requests_per_step_max: usize,
+    /// Capacity of the request and event channels. Default 4096.
+    pub queue_len_max: usize,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> ApplyConfig {
+        ApplyConfig {
+            checkpoint_log_bytes: 64 * MIB,
+            checkpoint_step_bytes: MIB,
+            requests_per_step_max: 64,
+            queue_len_max: 4096,
+        }
+    }
+}
+
+impl ApplyConfig {
+    /// Rejects impossible values, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &'static str| {
+            Err(EngineError::InvalidConfig {
+                key,
+                reason: "must be positive".into(),
+            })
+        };
+        if self.checkpoint_log_bytes == 0 {
+            return bad("checkpoint_log_bytes");
+        }
+        if self.checkpoint_step_bytes == 0 {
+            return bad("checkpoint_step_bytes");
+        }
+        if self.requests_per_step_max == 0 {
+            return bad("requests_per_step_max");
+        }
+        if self.queue_len_max == 0 {
+            return bad("queue_len_max");
+        }
+        Ok(())
+    }
+}
+
+/// Committed entries of one region, in index order.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyTask {
+    /// The region.
+    pub region_id: u64,
+    /// Consecutive committed entries.
+    pub entries: Vec<Entry>,
+    /// For each conf-change entry among `entries`: its index and the configuration after it
+    /// (what `RawNode::apply_conf_change` returned), recorded atomically with its index.
+    pub conf_states: Vec<(u64, ConfState)>,
+}
+
+impl ApplyTask {
+    /// A task without conf changes.
+    pub fn new(region_id: u64, entries: Vec<Entry>) -> ApplyTask {
+        ApplyTask {
+            region_id,
+            entries,
+            conf_states: Vec::new(),
+        }
+    }
+}
+
+/// A reply channel of a request.
+pub type Reply<T> = Sender<T>;
+
+/// What the apply worker is asked to do.
+#[non_exhaustive]
+pub enum ApplyRequest {
+    /// Apply committed entries.
+    Apply(ApplyTask),
+    /// Create an empty region.
+    CreateRegion(RegionState),
+    /// Remove a region and its data.
+    RemoveRegion(u64),
+    /// Replace a region's opaque metadata.
+    SetMeta {
+        /// The region.
+        region_id: u64,
+        /// The metadata.
+        meta: Bytes,
+    },
+    /// Read a key.
+    Get {
+        /// The region.
+        region_id: u64,
+        /// The key.
+        key: Bytes,
+        /// Where the answer goes.
+        reply: Reply<Result<Option<Bytes>>>,
+    },
+    /// Read keys in `start..end`, at most `limit`.
+    Scan {
+        /// The region.
+        region_id: u64,
+        /// First key.
+        start: Bytes,
+        /// End (exclusive; `None`: to the region's end).
+        end: Option<Bytes>,
+        /// Most entries returned.
+        limit: usize,
+        /// Where the answer goes.
+        reply: Reply<Result<Vec<(Bytes, Bytes)>>>,
+    },
+    /// Freeze a region for a snapshot.
+    Freeze {
+        /// The region.
+        region_id: u64,
+        /// Where the frozen view goes.
+        reply: Reply<Result<FrozenRegion>>,
+    },
+    /// One chunk of a snapshot being installed (already CRC-checked by the snapshot worker).
+    InstallChunk {
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// The chunk.
+        chunk: Bytes,
+        /// The outcome.
+        reply: Reply<std::result::Result<InstallProgress, SnapshotError>>,
+    },
+    /// Abandon the install of a region's snapshot (the old state stands).
+    AbortInstall {
+        /// The region.
+        region_id: u64,
+    },
+    /// Start a checkpoint now (if none is running).
+    Checkpoint,
+    /// Stop once the requests queued before this one are handled (sent by
+    /// [`ApplyWorker::stop`] and on drop, so the worker stops even while other senders, such
+    /// as a snapshot worker's, are still connected).
+    Stop,
+}
+
+/// Progress of an install, as the apply worker reports it to the snapshot worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstallProgress {
+    /// Accepted; the stream continues with this chunk.
+    More {
+        /// Next chunk expected.
+        next_chunk_no: u32,
+    },
+    /// Installed and durable.
+    Installed(CheckpointInfo),
+}
+
+/// The outcome of one applied entry that carried a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyResult {
+    /// The region.
+    pub region_id: u64,
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's term (a client matches it with the term it proposed in).
+    pub term: u64,
+    /// The command's client and sequence (0, 0 if it did not decode).
+    pub client: (u64, u64),
+    /// One result per op, or why the entry's data is not a command (applied as a no-op).
+    pub results: std::result::Result<Vec<OpResult>, CommandError>,
+}
+
+/// What the apply worker reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApplyEvent {
+    /// A task was applied.
+    Applied {
+        /// The region.
+        region_id: u64,
+        /// Applied index now (for `advance_apply_to`).
+        applied_index: u64,
+        /// Its term.
+        applied_term: u64,
+        /// Outcomes of the entries that carried commands.
+        results: Vec<ApplyResult>,
+    },
+    /// A checkpoint is durable: each listed region's log may be compacted up to its index.
+    CheckpointDone(CheckpointInfo),
+    /// A task was refused (entries beyond `applied + 1`); nothing of it was applied.
+    Refused {
+        /// The region.
+        region_id: u64,
+        /// Why.
+        error: EngineError,
+    },
+    /// The store failed; the worker stopped.
+    Failed(EngineError),
+}
+
+/// The apply thread. Dropping it stops the thread (with a final checkpoint) and waits for it.
+pub struct ApplyWorker {
+    tx: Option<Sender<ApplyRequest>>,
+    events: Receiver<ApplyEvent>,
+    join: Option<JoinHandle<Result<StateStore>>>,
+}
+
+impl ApplyWorker {
+    /// Moves `store` onto a new thread. A failed spawn is an error.
+    pub fn spawn(store: StateStore, config: ApplyConfig) -> Result<ApplyWorker> {
+        config.validate()?;
+        let (tx, rx) = bounded(config.queue_len_max);
+        let (ev_tx, events) = bounded(config.queue_len_max);
+        let join = std::thread::Builder::new()
+            .name("basalt-apply".into())
+            .spawn(move || ApplyLoop::new(store, config, ev_tx).run(rx))
+            .map_err(|source| EngineError::ThreadSpawn {
+                thread: "apply worker",
+                source,
+            })?;
+        Ok(ApplyWorker {
+            tx: Some(tx),
+            events,
+            join: Some(join),
+        })
+    }
+
+    /// The request channel (clone it for other senders; `try_send` never waits).
+    pub fn sender(&self) -> Sender<ApplyRequest> {
+        self.tx.clone().expect("the sender lives until stop")
+    }
+
+    /// The event channel.
+    pub fn events(&self) -> &Receiver<ApplyEvent> {
+        &self.events
+    }
+
+    /// Queues a request, waiting while the queue is full.
+    pub fn send(&self, req: ApplyRequest) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or(APPLY_STOPPED)?;
+        tx.send(req).map_err(|_| APPLY_STOPPED)
+    }
+
+    /// Stops the worker once every queued request is handled and a final checkpoint is
+    /// durable, and hands the store back. The final checkpoint's event is dropped if the event
+    /// channel is full (the owner holds the store again and knows what it checkpointed).
+    pub fn stop(mut self) -> Result<StateStore> {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(ApplyRequest::Stop);
+        }
+        let join = self.join.take().ok_or(APPLY_STOPPED)?;
+        join.join().map_err(|_| APPLY_STOPPED)?
+    }
+}
+
+impl Drop for ApplyWorker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(ApplyRequest::Stop);
+        }
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// The apply worker's state.
+struct ApplyLoop {
+    store: StateStore,
+    config: ApplyConfig,
+    events: Sender<ApplyEvent>,
+    applied_bytes_since_checkpoint: u64,
+    checkpoint_running: bool,
+    compaction_wanted: bool,
+    installs: HashMap<u64, SnapshotReceiver<InstallId>>,
+    /// Set once the request channel closed: the owner may be joining the thread rather than
+    /// reading events, so events that do not fit are dropped instead of waited for.
+    stopping: bool,
+}
+
+/// Whether the loop goes on after a request.
+type Flow = std::result::Result<(), EngineError>;
+
+impl ApplyLoop {
+    fn new(store: StateStore, config: ApplyConfig, events: Sender<ApplyEvent>) -> ApplyLoop {
+        ApplyLoop {
+            store,
+            config,
+            events,
+            applied_bytes_since_checkpoint: 0,
+            checkpoint_running: false,
+            compaction_wanted: true,
+            installs: HashMap::new(),
+            stopping: false,
+        }
+    }
+
+    fn emit(&self, e: ApplyEvent) {
+        // The owner gone means nobody waits for answers; the work itself still counts.
+        if self.stopping {
+            let _ = self.events.try_send(e);
+        } else {
+            let _ = self.events.send(e);
+        }
+    }
+
+    fn run(mut self, rx: Receiver<ApplyRequest>) -> Result<StateStore> {
+        let span = tracing::info_span!("apply_worker");
+        let _entered = span.enter();
+        let served = self.serve(&rx);
+        self.stopping = true;
+        match served {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(error = %e, "apply worker failed");
+                self.abort_installs();
+                self.emit(ApplyEvent::Failed(e));
+                return Err(APPLY_STOPPED);
+            }
+        }
+        self.abort_installs();
+        if let Err(e) = self.final_checkpoint() {
+            warn!(error = %e, "final checkpoint failed");
+            self.emit(ApplyEvent::Failed(e));
+            return Err(APPLY_STOPPED);
+        }
+        Ok(self.store)
+    }
+
+    fn serve(&mut self, rx: &Receiver<ApplyRequest>) -> Flow {
+        loop {
+            let busy = self.checkpoint_running || self.compaction_wanted;
+            let first = if busy {
+                match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return Ok(()),
+                }
+            } else {
+                match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => return Ok(()),
+                }
+            };
+            let more = rx.try_iter().take(self.config.requests_per_step_max - 1);
+            for req in first.into_iter().chain(more) {
+                if matches!(req, ApplyRequest::Stop) {
+                    return Ok(());
+                }
+                self.handle(req)?;
+            }
+            self.background_step()?;
+        }
+    }
+
+    /// One bounded step of checkpointing or compaction.
+    fn background_step(&mut self) -> Flow {
+        if !self.checkpoint_running
+            && self.applied_bytes_since_checkpoint >= self.config.checkpoint_log_bytes
+        {
+            self.store.checkpoint_begin()?;
+            self.checkpoint_running = true;
+            self.applied_bytes_since_checkpoint = 0;
+        }
+        if self.checkpoint_running {
+            if let Some(info) = self
+                .store
+                .checkpoint_step(self.config.checkpoint_step_bytes)?
+            {
+                self.checkpoint_running = false;
+                debug!(
+                    regions = info.regions.len(),
+                    bytes = info.bytes,
+                    "checkpoint done"
+                );
+                self.emit(ApplyEvent::CheckpointDone(info));
+            }
+            return Ok(());
+        }
+        if self.compaction_wanted {
+            self.compaction_wanted = self.store.compact_step()?;
+        }
+        Ok(())
+    }
+
+    fn finish_running_checkpoint(&mut self) -> Flow {
+        while self.checkpoint_running {
+            if let Some(info) = self
+                .store
+                .checkpoint_step(self.config.checkpoint_step_bytes)?
+            {
+                self.checkpoint_running = false;
+                self.emit(ApplyEvent::CheckpointDone(info));
+            }
+        }
+        Ok(())
+    }
+
+    fn final_checkpoint(&mut self) -> Flow {
+        self.finish_running_checkpoint()?;
+        let info = self.store.checkpoint()?;
+        self.emit(ApplyEvent::CheckpointDone(info));
+        Ok(())
+    }
+
+    fn abort_installs(&mut self) {
+        for (_, mut rx) in self.installs.drain() {
+            rx.abort(&mut self.store);
+        }
+    }
+
+    fn handle(&mut self, req: ApplyRequest) -> Flow {
+        match req {
+            ApplyRequest::Apply(task) => self.apply_task(task)?,
+            ApplyRequest::CreateRegion(state) => self.store.create_region(state)?,
+            ApplyRequest::RemoveRegion(region_id) => {
+                self.store.remove_region(region_id)?;
+                self.compaction_wanted = true;
+            }
+            ApplyRequest::SetMeta { region_id, meta } => self.store.set_meta(region_id, meta)?,
+            ApplyRequest::Get {
+                region_id,
+                key,
+                reply,
+            } => {
+                let _ = reply.send(self.store.get(region_id, &key));
+            }
+            ApplyRequest::Scan {
+                region_id,
+                start,
+                end,
+                limit,
+                reply,
+            } => {
+                let r = self.store.scan(region_id, &start, end.as_deref(), limit);
+                let _ = reply.send(r);
+            }
+            ApplyRequest::Freeze { region_id, reply } => {
+                let _ = reply.send(self.store.freeze(region_id));
+            }
+            ApplyRequest::InstallChunk { meta, chunk, reply } => {
+                let r = self.install_chunk(meta, &chunk);
+                if let Err(SnapshotError::Store(e)) = r {
+                    let _ = reply.send(Err(SnapshotError::Closed));
+                    return Err(e);
+                }
+                let _ = reply.send(r);
+            }
+            ApplyRequest::AbortInstall { region_id } => {
+                if let Some(mut rx) = self.installs.remove(&region_id) {
+                    rx.abort(&mut self.store);
+                }
+            }
+            ApplyRequest::Checkpoint => {
+                if !self.checkpoint_running {
+                    self.store.checkpoint_begin()?;
+                    self.checkpoint_running = true;
+                    self.applied_bytes_since_checkpoint = 0;
+                }
+            }
+            ApplyRequest::Stop => {} // handled by `serve`
+        }
+        Ok(())
+    }
+
+    fn install_chunk(
+        &mut self,
+        meta: SnapshotMeta,
+        chunk: &Bytes,
+    ) -> std::result::Result<InstallProgress, SnapshotError> {
+        let region_id = meta.region_id;
+        let stale = self
+            .installs
+            .get(&region_id)
+            .is_some_and(|rx| *rx.meta() != meta);
+        if stale {
+            if let Some(mut old) = self.installs.remove(&region_id) {
+                old.abort(&mut self.store);
+            }
+        }
+        self.installs
+            .entry(region_id)
+            .or_insert_with(|| SnapshotReceiver::new(meta));
+        let last = Chunk::verify(chunk).is_ok_and(|(h, _)| h.last);
+        if last {
+            // The install ends with a checkpoint of its own; let a running one finish first.
+            self.finish_running_checkpoint()
+                .map_err(SnapshotError::Store)?;
+        }
+        let rx = self.installs.get_mut(&region_id).expect("inserted above");
+        let r = rx.receive(&mut self.store, chunk);
+        let closed = rx.is_closed();
+        if closed {
+            self.installs.remove(&region_id);
+        }
+        match r? {
+            ReceiveProgress::More { next_chunk_no } => Ok(InstallProgress::More { next_chunk_no }),
+            ReceiveProgress::Installed(info) => {
+                self.compaction_wanted = true;
+                Ok(InstallProgress::Installed(info))
+            }
+        }
+    }
+
+    fn apply_task(&mut self, task: ApplyTask) -> Flow {
+        let region_id = task.region_id;
+        let Some(state) = self.store.region_state(region_id) else {
+            return Err(EngineError::StateRegionUnknown { region_id });
+        };
+        let mut applied = state.applied_index;
+        let mut applied_term = state.applied_term;
+        if let Some(first) = task.entries.iter().find(|e| e.index > applied) {
+            if first.index != applied + 1 {
+                self.emit(ApplyEvent::Refused {
+                    region_id,
+                    error: EngineError::AppendGap {
+                        region_id,
+                        index: first.index,
+                        last_index: applied,
+                    },
+                });
+                return Ok(());
+            }
+        }
+        let mut results = Vec::new();
+        for e in &task.entries {
+            if e.index <= applied {
+                continue;
+            }
+            if e.index != applied + 1 {
+                // Entries of one task must be consecutive: stop at a hole.
+                self.emit(ApplyEvent::Refused {
+                    region_id,
+                    error: EngineError::AppendGap {
+                        region_id,
+                        index: e.index,
+                        last_index: applied,
+                    },
+                });
+                break;
+            }
+            if let Some(r) = self.apply_entry(region_id, e, &task.conf_states)? {
+                results.push(r);
+            }
+            applied = e.index;
+            applied_term = e.term;
+            self.applied_bytes_since_checkpoint += e.size_bytes();
+        }
+        self.compaction_wanted = true;
+        self.emit(ApplyEvent::Applied {
+            region_id,
+            applied_index: applied,
+            applied_term,
+            results,
+        });
+        Ok(())
+    }
+
+    fn apply_entry(
+        &mut self,
+        region_id: u64,
+        e: &Entry,
+        conf_states: &[(u64, ConfState)],
+    ) -> std::result::Result<Option<ApplyResult>, EngineError> {
+        if e.entry_type != EntryType::EntryNormal {
+            if let Some((_, cs)) = conf_states.iter().find(|(i, _)| *i == e.index) {
+                self.store.set_conf_state(region_id, cs.clone())?;
+            }
+            self.store.set_applied(region_id, e.index, e.term)?;
+            return Ok(None);
+        }
+        if e.data.is_empty() {
+            self.store.set_applied(region_id, e.index, e.term)?;
+            return Ok(None);
+        }
+        let (client, results) = match Command::decode(&e.data) {
+            Ok(cmd) => {
+                let ops = self.store.apply(region_id, e.index, e.term, &cmd)?;
+                ((cmd.client_id, cmd.sequence), Ok(ops))
+            }
+            Err(err) => {
+                warn!(region = region_id, index = e.index, error = %err, "entry is not a command");
+                self.store.set_applied(region_id, e.index, e.term)?;
+                ((0, 0), Err(err))
+            }
+        };
+        Ok(Some(ApplyResult {
+            region_id,
+            index: e.index,
+            term: e.term,
+            client,
+            results,
+        }))
+    }
+}
+
+mod snapshot_worker;
+pub use snapshot_worker::{
+    BuildPacer, BuiltSnapshot, SnapshotConfig, SnapshotEvent, SnapshotHandle, SnapshotRequest,
+    SnapshotWorker,
+};

@@ -1,0 +1,368 @@
+//! The apply worker on a sim device: entries of several regions (commands, empty entries, conf
+//! changes, undecodable data, replays, gaps) apply in order with the `BTreeMap` model's results;
+//! reads are answered; checkpoints fire by applied bytes and on stop, in steps (an apply queued
+//! behind one waits for one step); a power cut at a random write leaves exactly the model at a
+//! durable applied index no older than the last checkpoint reported. Failures print `SEED=...`.
+
+mod state_harness;
+
+/// How long a test waits for a worker's answer before calling it a deadlock (a hang guard,
+/// not a performance bound: answers take milliseconds).
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use engine::state::worker::{ApplyConfig, ApplyEvent, ApplyRequest, ApplyTask, ApplyWorker};
+use engine::state::{CheckpointInfo, Command, StateStore};
+use raftlog::{ConfState, EntryType};
+use state_harness::*;
+
+const REGIONS: [u64; 3] = [1, 2, 3];
+
+fn raft_entry(index: u64, e: &Entry) -> raftlog::Entry {
+    match e {
+        Entry::Cmd(c) => raftlog::Entry::new(1, index, c.encode()),
+        Entry::Empty => raftlog::Entry::new(1, index, Bytes::new()),
+    }
+}
+
+fn small_config() -> ApplyConfig {
+    ApplyConfig {
+        checkpoint_log_bytes: 64 * 1024,
+        checkpoint_step_bytes: 8 * 1024,
+        requests_per_step_max: 4,
+        queue_len_max: 64,
+    }
+}
+
+/// What the test saw come back from the worker.
+#[derive(Default)]
+struct Seen {
+    applied: BTreeMap<u64, u64>,
+    checkpoints: Vec<CheckpointInfo>,
+    failed: bool,
+}
+
+impl Seen {
+    fn take(
+        &mut self,
+        ev: ApplyEvent,
+        expect: &mut BTreeMap<(u64, u64), Vec<engine::state::OpResult>>,
+    ) {
+        match ev {
+            ApplyEvent::Applied {
+                region_id,
+                applied_index,
+                results,
+                ..
+            } => {
+                self.applied.insert(region_id, applied_index);
+                for r in results {
+                    let want = expect
+                        .remove(&(region_id, r.index))
+                        .expect("a result per command");
+                    assert_eq!(
+                        r.results.as_ref().ok(),
+                        Some(&want),
+                        "results of {region_id}/{}",
+                        r.index
+                    );
+                }
+            }
+            ApplyEvent::CheckpointDone(info) => self.checkpoints.push(info),
+            ApplyEvent::Failed(_) => self.failed = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Returns whether the worker failed (the power cut hit it).
+fn one_run(seed: u64, crash: bool) -> bool {
+    let mut rng = Rng(seed);
+    let (sim, sb) = device(seed, 48);
+    let mut store = open(&sim, &sb);
+    for r in REGIONS {
+        store.create_region(region_state(r)).unwrap();
+    }
+    store.checkpoint().unwrap();
+    drop(store);
+    let budget = Arc::new(AtomicI64::new(if crash {
+        rng.below(24) as i64
+    } else {
+        i64::MAX
+    }));
+    let write = CrashIo::new(sim.share(), Arc::clone(&budget));
+    let store = StateStore::open(Box::new(write), Box::new(sim.share()), &sb, config()).unwrap();
+    let worker = ApplyWorker::spawn(store, small_config()).unwrap();
+    let mut log = Log::default();
+    let mut model = Model::default();
+    for r in REGIONS {
+        model.regions.insert(r, (0, BTreeMap::new()));
+    }
+    let mut expect = BTreeMap::new();
+    let mut seen = Seen::default();
+    let mut next: BTreeMap<u64, u64> = REGIONS.iter().map(|&r| (r, 1)).collect();
+    for _ in 0..40 {
+        let r = REGIONS[rng.below(3) as usize];
+        let first = next[&r];
+        let mut entries = Vec::new();
+        for i in first..first + 1 + rng.below(6) {
+            let e = if rng.chance(0.15) {
+                Entry::Empty
+            } else {
+                Entry::Cmd(random_command(&mut rng, &model.regions[&r].1))
+            };
+            let results = model.apply(r, i, &e);
+            if let Entry::Cmd(_) = e {
+                expect.insert((r, i), results);
+            }
+            entries.push(raft_entry(i, &e));
+            log.entries.entry(r).or_default().push((i, e));
+        }
+        let last = entries.last().unwrap().index;
+        next.insert(r, last + 1);
+        // Replays of entries already applied are skipped.
+        if first > 1 && rng.chance(0.3) {
+            entries.insert(
+                0,
+                raft_entry(first - 1, &log.entries[&r][(first - 2) as usize].1),
+            );
+        }
+        if worker
+            .send(ApplyRequest::Apply(ApplyTask::new(r, entries)))
+            .is_err()
+        {
+            break;
+        }
+        while let Ok(ev) = worker.events().try_recv() {
+            seen.take(ev, &mut expect);
+        }
+        if seen.failed {
+            break;
+        }
+    }
+    let events = worker.events().clone();
+    let stopped = worker.stop();
+    for ev in events.try_iter() {
+        seen.take(ev, &mut expect);
+    }
+    if !crash {
+        assert!(stopped.is_ok(), "no faults, no failure");
+        assert!(expect.is_empty(), "every command answered");
+        assert!(
+            seen.checkpoints.len() >= 2,
+            "by bytes and on stop: {}",
+            seen.checkpoints.len()
+        );
+    }
+    drop(stopped);
+    let mut sim = sim;
+    sim.power_loss();
+    let store = open(&sim, &sb);
+    let durable: BTreeMap<u64, u64> = REGIONS
+        .iter()
+        .map(|&r| (r, store.region_state(r).unwrap().applied_index))
+        .collect();
+    for info in &seen.checkpoints {
+        for (r, i) in &info.regions {
+            assert!(
+                durable[r] >= *i,
+                "region {r}: checkpoint at {i} reported, {} durable",
+                durable[r]
+            );
+        }
+    }
+    if !crash {
+        assert_eq!(
+            durable,
+            next.iter().map(|(&r, &n)| (r, n - 1)).collect(),
+            "stop checkpoints everything"
+        );
+    }
+    assert_matches(&store, &log.model_at(&durable));
+    seen.failed
+}
+
+#[test]
+fn applies_in_order_and_checkpoints_by_bytes_and_on_stop() {
+    for_each_seed(4, |seed| {
+        one_run(seed, false);
+    });
+}
+
+#[test]
+fn power_cut_leaves_the_model_at_a_durable_index() {
+    let failed = std::sync::atomic::AtomicU32::new(0);
+    for_each_seed(24, |seed| {
+        if one_run(seed, true) {
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(failed.into_inner() > 0, "some runs must be cut mid-way");
+}
+
+#[test]
+fn conf_changes_gaps_garbage_and_reads() {
+    let (sim, sb) = device(7, 16);
+    let mut store = open(&sim, &sb);
+    store.create_region(region_state(1)).unwrap();
+    let worker = ApplyWorker::spawn(store, small_config()).unwrap();
+    let put = Command {
+        client_id: 3,
+        sequence: 9,
+        ops: vec![engine::state::Op::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        }],
+    };
+    let cs = ConfState::from_voters(vec![1, 2, 3, 4]);
+    let mut cc = raftlog::Entry::new(1, 2, Bytes::from_static(b"encoded conf change"));
+    cc.entry_type = EntryType::EntryConfChangeV2;
+    let task = ApplyTask {
+        region_id: 1,
+        entries: vec![
+            raftlog::Entry::new(1, 1, put.encode()),
+            cc,
+            raftlog::Entry::new(2, 3, Bytes::from_static(b"not a command")),
+        ],
+        conf_states: vec![(2, cs.clone())],
+    };
+    worker.send(ApplyRequest::Apply(task)).unwrap();
+    // A gap: index 5 after applied 3.
+    worker
+        .send(ApplyRequest::Apply(ApplyTask::new(
+            1,
+            vec![raftlog::Entry::new(2, 5, Bytes::new())],
+        )))
+        .unwrap();
+    match worker
+        .events()
+        .recv_timeout(HANG_GUARD)
+        .expect("no answer: deadlock?")
+    {
+        ApplyEvent::Applied {
+            region_id: 1,
+            applied_index: 3,
+            applied_term: 2,
+            results,
+        } => {
+            assert_eq!(results.len(), 2);
+            assert_eq!(results[0].client, (3, 9));
+            assert_eq!(results[0].results, Ok(vec![engine::state::OpResult::Done]));
+            assert!(
+                results[1].results.is_err(),
+                "garbage is refused, applied as a no-op"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        worker
+            .events()
+            .recv_timeout(HANG_GUARD)
+            .expect("no answer: deadlock?"),
+        ApplyEvent::Refused { region_id: 1, .. }
+    ));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    worker
+        .send(ApplyRequest::Get {
+            region_id: 1,
+            key: Bytes::from_static(b"k"),
+            reply: tx,
+        })
+        .unwrap();
+    assert_eq!(
+        rx.recv_timeout(HANG_GUARD)
+            .expect("no answer: deadlock?")
+            .unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    worker
+        .send(ApplyRequest::Scan {
+            region_id: 1,
+            start: Bytes::new(),
+            end: None,
+            limit: 10,
+            reply: tx,
+        })
+        .unwrap();
+    assert_eq!(
+        rx.recv_timeout(HANG_GUARD)
+            .expect("no answer: deadlock?")
+            .unwrap()
+            .len(),
+        1
+    );
+    let store = worker.stop().unwrap();
+    let st = store.region_state(1).unwrap();
+    assert_eq!((st.applied_index, st.applied_term), (3, 2));
+    assert_eq!(st.conf_state, cs);
+    drop(store);
+    let store = open(&sim, &sb);
+    assert_eq!(
+        store.region_state(1).unwrap().conf_state,
+        cs,
+        "conf state checkpointed"
+    );
+}
+
+#[test]
+fn checkpoint_steps_interleave_with_applies() {
+    let (sim, sb) = device(9, 64);
+    let mut store = open(&sim, &sb);
+    store.create_region(region_state(1)).unwrap();
+    let ops = (0..2000u32)
+        .map(|k| engine::state::Op::Put {
+            key: Bytes::from(format!("key-{k:05}")),
+            value: Bytes::from_static(b"v"),
+        })
+        .collect();
+    let bulk = Command {
+        client_id: 1,
+        sequence: 1,
+        ops,
+    };
+    store.apply(1, 1, 1, &bulk).unwrap();
+    let config = ApplyConfig {
+        checkpoint_step_bytes: 4096,
+        requests_per_step_max: 1,
+        ..ApplyConfig::default()
+    };
+    let worker = ApplyWorker::spawn(store, config).unwrap();
+    // Hold the worker inside a read whose answer the test takes only once the checkpoint and
+    // an apply are queued behind it.
+    let (tx, held) = crossbeam_channel::bounded(0);
+    worker
+        .send(ApplyRequest::Get {
+            region_id: 1,
+            key: Bytes::from_static(b"key-00000"),
+            reply: tx,
+        })
+        .unwrap();
+    worker.send(ApplyRequest::Checkpoint).unwrap();
+    let put = raftlog::Entry::new(1, 2, Bytes::new());
+    worker
+        .send(ApplyRequest::Apply(ApplyTask::new(1, vec![put])))
+        .unwrap();
+    assert!(held.recv_timeout(HANG_GUARD).unwrap().unwrap().is_some());
+    let first = worker.events().recv_timeout(HANG_GUARD).unwrap();
+    assert!(
+        matches!(
+            first,
+            ApplyEvent::Applied {
+                applied_index: 2,
+                ..
+            }
+        ),
+        "the apply waits for one checkpoint step, not the whole checkpoint: {first:?}"
+    );
+    match worker.events().recv_timeout(HANG_GUARD).unwrap() {
+        ApplyEvent::CheckpointDone(info) => assert!(info.bytes > 4 * 4096, "{info:?}"),
+        other => panic!("{other:?}"),
+    }
+    drop(worker.stop().unwrap());
+}
