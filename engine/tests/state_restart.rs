@@ -5,9 +5,11 @@
 //! reopened and Raft replays the committed entries after each region's checkpointed applied index:
 //! the state must equal a `BTreeMap` model at the durable commit index, and the number of entries
 //! replayed must be exactly the log tail after the checkpoint (restart never replays more).
-//! `BASALT_SIM_RUNS` (default 12) and `BASALT_SIM_SEED` pick the runs.
+//! `BASALT_SIM_RUNS` (default 12) runs more seeds; a failure prints `SEED=n`, and
+//! `BASALT_SIM_SEED=n` replays that one.
 
 mod log_harness;
+mod state_harness;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -317,15 +319,5 @@ fn run(seed: u64) {
 
 #[test]
 fn restart_replays_the_log_tail_onto_the_last_checkpoint() {
-    let runs: u64 = std::env::var("BASALT_SIM_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let first: u64 = std::env::var("BASALT_SIM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_0004);
-    for seed in first..first + runs {
-        run(seed);
-    }
+    state_harness::for_each_seed(12, run);
 }

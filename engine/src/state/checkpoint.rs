@@ -134,6 +134,11 @@ fn encode_region(out: &mut Vec<u8>, s: &RegionState, key_count: u64) {
 }
 
 impl StateStore {
+    /// Sequence number of the checkpoint in force (0: none was ever written).
+    pub fn checkpoint_sequence(&self) -> u64 {
+        self.ckpt.root_sequence
+    }
+
     /// Starts a checkpoint: freezes every region's state and index (O(regions)).
     pub fn checkpoint_begin(&mut self) -> Result<()> {
         if self.ckpt.is_active() {

@@ -166,14 +166,34 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 backend: backend(b),
                 ..OpenOptions::default()
             };
-            let (io, _) = open(&device, &opts)?;
-            let report = engine::inspect::inspect(io, &device.display().to_string())?;
+            let handles = engine::device::open_store(&device, &opts)?;
+            let label = device.display().to_string();
+            let report = engine::inspect::inspect(handles.log, &label)?;
             print!("{report}");
-            Ok(if report.corrupt() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
+            if report.corrupt() {
+                return Ok(ExitCode::from(2));
+            }
+            let sb = report
+                .superblocks
+                .get(report.superblock_in_use)
+                .and_then(|c| c.as_ref().ok())
+                .copied()
+                .context("no valid superblock")?;
+            match engine::inspect::inspect_state(
+                handles.state_write,
+                handles.state_read,
+                &sb,
+                &label,
+            ) {
+                Ok(state) => {
+                    print!("{state}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("state store: CORRUPT: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
     }
 }
