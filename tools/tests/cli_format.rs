@@ -30,18 +30,23 @@ fn file(dir: &Path, name: &str, size: u64) -> String {
     p.display().to_string()
 }
 
-#[test]
-fn format_then_inspect_then_refuse_reformat() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let dev = file(dir.path(), "store.img", 16 << 20);
-    let o = basalt(&[
+/// `basalt format` of `dev` with 1 MiB segments, through the sync backend.
+fn format_small(dev: &str) -> Output {
+    basalt(&[
         "format",
-        &dev,
+        dev,
         "--segment-size-mib",
         "1",
         "--backend",
         "sync",
-    ]);
+    ])
+}
+
+#[test]
+fn format_then_inspect_then_refuse_reformat() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dev = file(dir.path(), "store.img", 16 << 20);
+    let o = format_small(&dev);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("store id:") && text(&o).contains("cluster id:"),
@@ -59,14 +64,7 @@ fn format_then_inspect_then_refuse_reformat() {
         text(&o)
     );
 
-    let o = basalt(&[
-        "format",
-        &dev,
-        "--segment-size-mib",
-        "1",
-        "--backend",
-        "sync",
-    ]);
+    let o = format_small(&dev);
     assert!(
         !o.status.success() && text(&o).contains("already holds Basalt store"),
         "{}",
@@ -111,14 +109,7 @@ fn foreign_signature_is_refused_without_force() {
     f.seek(SeekFrom::Start(1080)).unwrap();
     f.write_all(&[0x53, 0xef]).unwrap();
     drop(f);
-    let o = basalt(&[
-        "format",
-        &dev,
-        "--segment-size-mib",
-        "1",
-        "--backend",
-        "sync",
-    ]);
+    let o = format_small(&dev);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("ext2/3/4") && text(&o).contains(&dev),
@@ -213,14 +204,7 @@ fn inspect_reports_and_verifies_the_state_checkpoint() {
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dev = file(dir.path(), "state.img", 16 << 20);
-    let o = basalt(&[
-        "format",
-        &dev,
-        "--segment-size-mib",
-        "1",
-        "--backend",
-        "sync",
-    ]);
+    let o = format_small(&dev);
     assert!(o.status.success(), "{}", text(&o));
     let opts = OpenOptions {
         backend: Backend::Sync,
