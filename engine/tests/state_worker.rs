@@ -32,6 +32,7 @@ fn raft_entry(index: u64, e: &Entry) -> raftlog::Entry {
 fn small_config() -> ApplyConfig {
     ApplyConfig {
         checkpoint_log_bytes: 64 * 1024,
+        checkpoint_log_bytes_max: 64 * 1024,
         checkpoint_step_bytes: 8 * 1024,
         requests_per_step_max: 4,
         queue_len_max: 64,
@@ -364,5 +365,83 @@ fn checkpoint_steps_interleave_with_applies() {
         ApplyEvent::CheckpointDone(info) => assert!(info.bytes > 4 * 4096, "{info:?}"),
         other => panic!("{other:?}"),
     }
+    drop(worker.stop().unwrap());
+}
+
+/// The checkpoint trigger grows with the store: once a checkpoint wrote more than
+/// `checkpoint_log_bytes`, the next one waits for that many applied bytes (up to the cap), so
+/// checkpoint writes stay at most the bytes applied.
+#[test]
+fn checkpoint_trigger_grows_with_the_last_checkpoint() {
+    let (sim, sb) = device(11, 64);
+    let mut store = open(&sim, &sb);
+    store.create_region(region_state(1)).unwrap();
+    // 3000 keys: a checkpoint of about 3000 * 30 = 90 KB, well over the 8 KiB trigger.
+    let ops = (0..3000u32)
+        .map(|k| engine::state::Op::Put {
+            key: Bytes::from(format!("key-{k:05}")),
+            value: Bytes::from_static(b"v"),
+        })
+        .collect();
+    store
+        .apply(
+            1,
+            1,
+            1,
+            &Command {
+                client_id: 1,
+                sequence: 1,
+                ops,
+            },
+        )
+        .unwrap();
+    let config = ApplyConfig {
+        checkpoint_log_bytes: 8 * 1024,
+        checkpoint_log_bytes_max: 1 << 30,
+        checkpoint_step_bytes: 1 << 20,
+        requests_per_step_max: 1,
+        queue_len_max: 64,
+    };
+    let worker = ApplyWorker::spawn(store, config).unwrap();
+    worker.send(ApplyRequest::Checkpoint).unwrap();
+    let first = loop {
+        match worker.events().recv_timeout(HANG_GUARD).unwrap() {
+            ApplyEvent::CheckpointDone(info) => break info.bytes,
+            ApplyEvent::Applied { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(first > 40 * 1024, "checkpoint of {first} bytes");
+    // Apply entries of 1 KiB each and record the applied bytes at each checkpoint.
+    let mut applied_bytes = 0u64;
+    let mut at_checkpoint = Vec::new();
+    for i in 0..200u64 {
+        let e = raftlog::Entry::new(1, 2 + i, Bytes::from(vec![0u8; 1024]));
+        applied_bytes += e.size_bytes();
+        worker
+            .send(ApplyRequest::Apply(ApplyTask::new(1, vec![e])))
+            .unwrap();
+        loop {
+            match worker.events().recv_timeout(HANG_GUARD).unwrap() {
+                ApplyEvent::Applied { .. } => break,
+                ApplyEvent::CheckpointDone(_) => at_checkpoint.push(applied_bytes),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    while let Ok(ev) = worker.events().try_recv() {
+        if let ApplyEvent::CheckpointDone(_) = ev {
+            at_checkpoint.push(applied_bytes);
+        }
+    }
+    assert!(
+        !at_checkpoint.is_empty(),
+        "no checkpoint in {applied_bytes} applied bytes"
+    );
+    assert!(
+        at_checkpoint[0] >= first,
+        "a checkpoint after {} applied bytes, under the last checkpoint's {first} bytes (the fixed 8 KiB trigger)",
+        at_checkpoint[0]
+    );
     drop(worker.stop().unwrap());
 }

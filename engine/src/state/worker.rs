@@ -58,10 +58,18 @@ pub(crate) const APPLY_STOPPED: EngineError = EngineError::WorkerStopped { worke
 /// Options of the [`ApplyWorker`].
 #[derive(Clone, Debug)]
 pub struct ApplyConfig {
-    /// Start a checkpoint once this many bytes of entry data were applied since the last one.
-    /// Default 64 MiB: restart replays at most that much of the log, and a checkpoint (which
-    /// writes the whole index) is amortised over many applies.
+    /// Start a checkpoint once this many bytes of entry data were applied since the last one,
+    /// or as many as the last checkpoint wrote if that is more (up to
+    /// [`Self::checkpoint_log_bytes_max`]). Default 64 MiB: restart replays little of the log,
+    /// and a small store's checkpoint is amortised over many applies. A checkpoint writes the
+    /// whole index (466 MB at 10 million keys), so a fixed trigger would make a large store
+    /// write its index again every 64 MiB of applied data; growing the trigger with the last
+    /// checkpoint keeps the bytes checkpoints write at most the bytes applied.
     pub checkpoint_log_bytes: u64,
+    /// The most the trigger grows to. Default 1 GiB: bounds the log a restart replays (and the
+    /// log the ring must hold between checkpoints; the owner may also ask for a checkpoint with
+    /// [`ApplyRequest::Checkpoint`] when its log fills).
+    pub checkpoint_log_bytes_max: u64,
     /// Bytes one checkpoint step may write before the worker looks at its queue again. Default
     /// 1 MiB: about a millisecond of device time, the bound on how long an apply waits.
     pub checkpoint_step_bytes: u64,
@@ -76,6 +84,7 @@ impl Default for ApplyConfig {
     fn default() -> ApplyConfig {
         ApplyConfig {
             checkpoint_log_bytes: 64 * MIB,
+            checkpoint_log_bytes_max: 1024 * MIB,
             checkpoint_step_bytes: MIB,
             requests_per_step_max: 64,
             queue_len_max: 4096,
@@ -94,6 +103,15 @@ impl ApplyConfig {
         };
         if self.checkpoint_log_bytes == 0 {
             return bad("checkpoint_log_bytes");
+        }
+        if self.checkpoint_log_bytes_max < self.checkpoint_log_bytes {
+            return Err(EngineError::InvalidConfig {
+                key: "checkpoint_log_bytes_max",
+                reason: format!(
+                    "{} is below checkpoint_log_bytes {}",
+                    self.checkpoint_log_bytes_max, self.checkpoint_log_bytes
+                ),
+            });
         }
         if self.checkpoint_step_bytes == 0 {
             return bad("checkpoint_step_bytes");
@@ -328,6 +346,8 @@ struct ApplyLoop {
     config: ApplyConfig,
     events: Sender<ApplyEvent>,
     applied_bytes_since_checkpoint: u64,
+    /// Bytes the last finished checkpoint wrote (grows the trigger, see [`ApplyConfig`]).
+    last_checkpoint_bytes: u64,
     checkpoint_running: bool,
     compaction_wanted: bool,
     installs: HashMap<u64, SnapshotReceiver<InstallId>>,
@@ -346,6 +366,7 @@ impl ApplyLoop {
             config,
             events,
             applied_bytes_since_checkpoint: 0,
+            last_checkpoint_bytes: 0,
             checkpoint_running: false,
             compaction_wanted: true,
             installs: HashMap::new(),
@@ -412,9 +433,22 @@ impl ApplyLoop {
     }
 
     /// One bounded step of checkpointing or compaction.
+    /// Applied bytes that start the next checkpoint.
+    fn checkpoint_trigger_bytes(&self) -> u64 {
+        let c = &self.config;
+        self.last_checkpoint_bytes
+            .clamp(c.checkpoint_log_bytes, c.checkpoint_log_bytes_max)
+    }
+
+    /// Reports a finished checkpoint.
+    fn checkpoint_done(&mut self, info: CheckpointInfo) {
+        self.last_checkpoint_bytes = info.bytes;
+        self.emit(ApplyEvent::CheckpointDone(info));
+    }
+
     fn background_step(&mut self) -> Flow {
         if !self.checkpoint_running
-            && self.applied_bytes_since_checkpoint >= self.config.checkpoint_log_bytes
+            && self.applied_bytes_since_checkpoint >= self.checkpoint_trigger_bytes()
         {
             self.store.checkpoint_begin()?;
             self.checkpoint_running = true;
@@ -431,7 +465,7 @@ impl ApplyLoop {
                     bytes = info.bytes,
                     "checkpoint done"
                 );
-                self.emit(ApplyEvent::CheckpointDone(info));
+                self.checkpoint_done(info);
             }
             return Ok(());
         }
@@ -448,7 +482,7 @@ impl ApplyLoop {
                 .checkpoint_step(self.config.checkpoint_step_bytes)?
             {
                 self.checkpoint_running = false;
-                self.emit(ApplyEvent::CheckpointDone(info));
+                self.checkpoint_done(info);
             }
         }
         Ok(())
@@ -457,7 +491,7 @@ impl ApplyLoop {
     fn final_checkpoint(&mut self) -> Flow {
         self.finish_running_checkpoint()?;
         let info = self.store.checkpoint()?;
-        self.emit(ApplyEvent::CheckpointDone(info));
+        self.checkpoint_done(info);
         Ok(())
     }
 
@@ -555,6 +589,8 @@ impl ApplyLoop {
             ReceiveProgress::More { next_chunk_no } => Ok(InstallProgress::More { next_chunk_no }),
             ReceiveProgress::Installed(info) => {
                 self.compaction_wanted = true;
+                self.last_checkpoint_bytes = info.bytes;
+                self.applied_bytes_since_checkpoint = 0;
                 Ok(InstallProgress::Installed(info))
             }
         }
