@@ -12,8 +12,9 @@
 //! as a no-op (every replica sees the same bytes, so they all agree) and reported as refused.
 //!
 //! Between two batches of requests the worker runs one bounded step of background work: a
-//! checkpoint step (a checkpoint starts once `checkpoint_log_bytes` of entry data were applied
-//! since the last, and on stop) or a compaction step. So no request waits behind more than one
+//! checkpoint step (a checkpoint starts once `checkpoint_log_bytes` of entry data, or as many
+//! bytes as the last checkpoint wrote, were applied since the last one, and on stop) or a
+//! compaction step. So no request waits behind more than one
 //! step. Each finished checkpoint is reported as [`ApplyEvent::CheckpointDone`]: the owner may
 //! then compact the regions' logs up to the indexes it lists.
 //!
