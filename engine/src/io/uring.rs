@@ -25,23 +25,26 @@
 //!
 //! Measured 2026-11-25 on the 2-core CI VM (kernel 6.18, virtio disk with a volatile write cache
 //! and no FUA, ext4) with `tests/io_durable_modes.rs`: 4 KiB writes at queue depth 1, the three
-//! methods alternating op by op on one open file so that background load (other builds, load
-//! average 5-8) hits them alike; ops/s over the time spent in each, two runs (6 s and 8 s):
+//! methods alternating op by op on one open file so that background load hits them alike; ops/s
+//! over the time spent in each. Run 1 was taken with other builds running (load average 5-8),
+//! run 2 on a quieter machine (load average ~1.5):
 //!
-//! | ops/s (run 1 / run 2)           | LinkedFsync | Dsync      | sync pwrite+fdatasync |
-//! |---------------------------------|-------------|------------|-----------------------|
-//! | file on ext4                    | 1637 / 632  | 939 / 423  | 1379 / 502            |
-//! | loop device, buffered backing   | 871 / 365   | 1141 / 559 | 1112 / 450            |
-//! | loop device, direct-io backing  | 302 / 375   | 525 / 579  | 526 / 425             |
+//! | ops/s (run 1 / run 2)           | LinkedFsync | Dsync       | sync pwrite+fdatasync |
+//! |---------------------------------|-------------|-------------|-----------------------|
+//! | file on ext4                    | 1637 / 5979 | 939 / 6436  | 1379 / 6729           |
+//! | loop device, buffered backing   | 871 / 2528  | 1141 / 3168 | 1112 / 3322           |
+//! | loop device, direct-io backing  | 302 / 2712  | 525 / 2874  | 526 / 2856            |
 //!
-//! The order held in every run (earlier, non-interleaved runs were noisier but agreed on the
-//! file). The default is therefore chosen per device kind ([`DurableMode::for_kind`], used by
-//! `device::open`): **`Dsync` for block devices**, 1.3-1.7x faster on the loop devices — one
-//! request that the block layer turns into write + flush (or FUA), with no hop through an
-//! io_uring worker thread for a separate fsync, so also less CPU — and **`LinkedFsync` for
-//! regular files**, where ext4's in-line `DSYNC` path is 1.5-1.7x slower than an fsync from the
-//! ring. `DurableMode::default()` is `Dsync`, the production case (a raw device). Re-measure on
-//! real NVMe before tuning further.
+//! The log's own synced writes (`basalt-bench --target=log --regions=1 --entry-size=256
+//! --entries-per-write=64`, 20 KiB writes on a pre-written ext4 file, three 3 s runs each,
+//! alternating) settle it: LinkedFsync 4227 / 4481 / 3570 writes/s, Dsync 5172 / 5758 / 4546.
+//! A linked fsync always goes through an io_uring worker thread (`perf stat`: 1 queued async
+//! work item and ~5.5 context switches per write); an `RWF_DSYNC` direct write does not (no
+//! async work, ~1 context switch per write, half the CPU). **`Dsync` is therefore the default
+//! for every kind of device** ([`DurableMode::for_kind`], used by `device::open`); run 1's ext4
+//! figures, which favoured LinkedFsync, were taken under load. `LinkedFsync` stays available
+//! for devices whose `RWF_DSYNC` path turns out slower. Re-measure on real NVMe before tuning
+//! further.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -63,11 +66,12 @@ pub enum DurableMode {
 
 impl DurableMode {
     /// The mode measured fastest for this kind of device (see the module docs): `Dsync` on
-    /// block devices, `LinkedFsync` on files.
+    /// block devices and on files alike.
     pub fn for_kind(kind: crate::device::DeviceKind) -> DurableMode {
         match kind {
-            crate::device::DeviceKind::BlockDevice => DurableMode::Dsync,
-            crate::device::DeviceKind::RegularFile => DurableMode::LinkedFsync,
+            crate::device::DeviceKind::BlockDevice | crate::device::DeviceKind::RegularFile => {
+                DurableMode::Dsync
+            }
         }
     }
 }

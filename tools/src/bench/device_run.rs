@@ -1,6 +1,8 @@
 //! `--target=device`: raw I/O through `engine::device::open`, keeping `--iodepth` operations in
 //! flight through the completion interface (submit until the queue is full, reap at least one,
-//! repeat). `--fdatasync=N` quiesces after every N writes and issues one flush, as fio does.
+//! repeat). Each op is kicked to the device as it is submitted, as fio does by default
+//! (`iodepth_batch_submit=1`). `--fdatasync=N` quiesces after every N writes and issues one flush,
+//! as fio does.
 
 use std::time::{Duration, Instant};
 
@@ -213,6 +215,11 @@ impl DeviceJob {
             {
                 now = Instant::now();
                 self.issue(io, now)?;
+                // As fio's default `iodepth_batch_submit=1`: each op goes to the device as soon
+                // as it is issued. Handing a whole refill over in one `io_uring_enter` made the
+                // (virtio) disk take and complete it as one burst, so the queue drained to empty
+                // before the next burst: ~32 completions per wait, 0.75-0.8 of fio's IOPS.
+                io.kick()?;
             }
             if self.flush == FlushState::Due && io.in_flight() == 0 {
                 self.flush = FlushState::InFlight;
@@ -222,8 +229,7 @@ impl DeviceJob {
             if io.in_flight() == 0 {
                 return Ok(());
             }
-            // `reap` hands the queued operations to the device itself: with io_uring, submitting
-            // and waiting is one `io_uring_enter`, as in fio's loop, instead of a kick plus a wait.
+            // `reap` also hands anything still queued (the flush) to the device before waiting.
             io.reap(&mut done, 1)?;
             now = Instant::now();
             for completion in done.drain(..) {
