@@ -316,18 +316,7 @@ fn checkpoint_steps_interleave_with_applies() {
     let (sim, sb) = device(9, 64);
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
-    let ops = (0..2000u32)
-        .map(|k| engine::state::Op::Put {
-            key: Bytes::from(format!("key-{k:05}")),
-            value: Bytes::from_static(b"v"),
-        })
-        .collect();
-    let bulk = Command {
-        client_id: 1,
-        sequence: 1,
-        ops,
-    };
-    store.apply(1, 1, 1, &bulk).unwrap();
+    store.apply(1, 1, 1, &bulk_puts(2000, b"v")).unwrap();
     let config = ApplyConfig {
         checkpoint_step_bytes: 4096,
         requests_per_step_max: 1,
@@ -377,24 +366,7 @@ fn checkpoint_trigger_grows_with_the_last_checkpoint() {
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
     // 3000 keys: a checkpoint of about 3000 * 30 = 90 KB, well over the 8 KiB trigger.
-    let ops = (0..3000u32)
-        .map(|k| engine::state::Op::Put {
-            key: Bytes::from(format!("key-{k:05}")),
-            value: Bytes::from_static(b"v"),
-        })
-        .collect();
-    store
-        .apply(
-            1,
-            1,
-            1,
-            &Command {
-                client_id: 1,
-                sequence: 1,
-                ops,
-            },
-        )
-        .unwrap();
+    store.apply(1, 1, 1, &bulk_puts(3000, b"v")).unwrap();
     let config = ApplyConfig {
         checkpoint_log_bytes: 8 * 1024,
         checkpoint_log_bytes_max: 1 << 30,

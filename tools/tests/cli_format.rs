@@ -30,23 +30,25 @@ fn file(dir: &Path, name: &str, size: u64) -> String {
     p.display().to_string()
 }
 
-/// `basalt format` of `dev` with 1 MiB segments, through the sync backend.
-fn format_small(dev: &str) -> Output {
-    basalt(&[
+/// `basalt format` of `dev` with 1 MiB segments, through the sync backend, plus `extra`.
+fn format_small(dev: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "format",
         dev,
         "--segment-size-mib",
         "1",
         "--backend",
         "sync",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    basalt(&args)
 }
 
 #[test]
 fn format_then_inspect_then_refuse_reformat() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dev = file(dir.path(), "store.img", 16 << 20);
-    let o = format_small(&dev);
+    let o = format_small(&dev, &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("store id:") && text(&o).contains("cluster id:"),
@@ -64,25 +66,16 @@ fn format_then_inspect_then_refuse_reformat() {
         text(&o)
     );
 
-    let o = format_small(&dev);
+    let o = format_small(&dev, &[]);
     assert!(
         !o.status.success() && text(&o).contains("already holds Basalt store"),
         "{}",
         text(&o)
     );
-    let o = basalt(&[
-        "format",
+    let o = format_small(
         &dev,
-        "--segment-size-mib",
-        "1",
-        "--backend",
-        "sync",
-        "--force",
-        "--store-id",
-        "42",
-        "--cluster-id",
-        "abc",
-    ]);
+        &["--force", "--store-id", "42", "--cluster-id", "abc"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("store id:     42")
@@ -109,22 +102,14 @@ fn foreign_signature_is_refused_without_force() {
     f.seek(SeekFrom::Start(1080)).unwrap();
     f.write_all(&[0x53, 0xef]).unwrap();
     drop(f);
-    let o = format_small(&dev);
+    let o = format_small(&dev, &[]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("ext2/3/4") && text(&o).contains(&dev),
         "{}",
         text(&o)
     );
-    let o = basalt(&[
-        "format",
-        &dev,
-        "--segment-size-mib",
-        "1",
-        "--backend",
-        "sync",
-        "--force",
-    ]);
+    let o = format_small(&dev, &["--force"]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -204,7 +189,7 @@ fn inspect_reports_and_verifies_the_state_checkpoint() {
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dev = file(dir.path(), "state.img", 16 << 20);
-    let o = format_small(&dev);
+    let o = format_small(&dev, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let opts = OpenOptions {
         backend: Backend::Sync,

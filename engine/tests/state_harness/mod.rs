@@ -333,6 +333,21 @@ pub fn assert_matches(store: &StateStore, model: &Model) {
     }
 }
 
+/// One command putting `key-00000`.. `key-{n-1}` (zero-padded to 5 digits) to `value`.
+pub fn bulk_puts(n: u32, value: &'static [u8]) -> Command {
+    let ops = (0..n)
+        .map(|k| Op::Put {
+            key: Bytes::from(format!("key-{k:05}")),
+            value: Bytes::from_static(value),
+        })
+        .collect();
+    Command {
+        client_id: 1,
+        sequence: 1,
+        ops,
+    }
+}
+
 pub fn region_state(r: u64) -> RegionState {
     RegionState::new(r, raftlog::ConfState::from_voters(vec![1, 2, 3]))
 }
