@@ -131,14 +131,7 @@ fn bad_devices_and_options_are_clear_errors() {
     );
 
     let small = file(dir.path(), "small.img", 2 << 20);
-    let o = basalt(&[
-        "format",
-        &small,
-        "--segment-size-mib",
-        "1",
-        "--backend",
-        "sync",
-    ]);
+    let o = format_small(&small, &[]);
     assert!(
         !o.status.success() && text(&o).contains("too small") && text(&o).contains(&small),
         "{}",
