@@ -14,3 +14,4 @@ pub mod io;
 pub mod layout;
 pub mod log;
 pub mod state;
+pub mod store;

@@ -1,0 +1,285 @@
+//! The envelope of a Raft message between stores, and the envelope of a region's log entries.
+//! Both byte layouts are drawn in `docs/FORMAT.md` ("Raft message envelope", "Entry envelope").
+//!
+//! A message envelope is not checksummed by itself: it only travels inside a transport frame,
+//! which is. An entry envelope is stored in log blocks (checksummed); the command or admin
+//! payload inside carries its own crc32 as well.
+
+use bytes::{Bytes, BytesMut};
+use raftlog::Message;
+
+use super::region::{checked_body, Epoch, Peer, PeerRole};
+use super::wire::{put_bytes, put_u32, put_u64, Cursor};
+use super::WireError;
+
+/// Version byte of the message envelope.
+pub const RAFT_MESSAGE_VERSION: u8 = 1;
+
+/// A Raft message addressed to one region peer on another store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RaftMessage {
+    /// The region.
+    pub region_id: u64,
+    /// The sending peer.
+    pub from: Peer,
+    /// The receiving peer.
+    pub to: Peer,
+    /// The sender's epoch of the region.
+    pub epoch: Epoch,
+    /// The Raft message itself.
+    pub msg: Message,
+}
+
+fn put_peer(out: &mut BytesMut, p: &Peer) {
+    put_u64(out, p.peer_id);
+    put_u64(out, p.store_id);
+    out.extend_from_slice(&[match p.role {
+        PeerRole::Voter => 0,
+        PeerRole::Learner => 1,
+    }]);
+}
+
+fn read_peer(c: &mut Cursor<'_>) -> Result<Peer, WireError> {
+    let peer_id = c.u64()?;
+    let store_id = c.u64()?;
+    let role = match c.u8()? {
+        0 => PeerRole::Voter,
+        1 => PeerRole::Learner,
+        tag => return Err(WireError::UnknownTag { what: "peer role", tag }),
+    };
+    Ok(Peer {
+        peer_id,
+        store_id,
+        role,
+    })
+}
+
+impl RaftMessage {
+    /// Appends the encoded envelope to `out`.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        out.extend_from_slice(&[RAFT_MESSAGE_VERSION]);
+        put_u64(out, self.region_id);
+        put_peer(out, &self.from);
+        put_peer(out, &self.to);
+        put_u64(out, self.epoch.conf_version);
+        put_u64(out, self.epoch.version);
+        let mut body = Vec::with_capacity(self.msg.encoded_len());
+        self.msg.encode_into(&mut body);
+        put_bytes(out, &body);
+    }
+
+    /// The encoded envelope.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Decodes one envelope; entry payloads are zero-copy slices of `b`. Never panics.
+    pub fn decode(b: &Bytes) -> Result<RaftMessage, WireError> {
+        let mut c = Cursor::new(b);
+        let version = c.u8()?;
+        if version != RAFT_MESSAGE_VERSION {
+            return Err(WireError::UnknownVersion { version });
+        }
+        let region_id = c.u64()?;
+        let from = read_peer(&mut c)?;
+        let to = read_peer(&mut c)?;
+        let epoch = Epoch {
+            conf_version: c.u64()?,
+            version: c.u64()?,
+        };
+        let body = c.bytes()?;
+        c.finish()?;
+        let msg = Message::decode_bytes(&body).map_err(WireError::Raft)?;
+        Ok(RaftMessage {
+            region_id,
+            from,
+            to,
+            epoch,
+            msg,
+        })
+    }
+}
+
+/// Version byte of the entry envelope.
+pub const ENTRY_ENVELOPE_VERSION: u8 = 1;
+
+/// What a normal log entry of a region carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPayload {
+    /// A client command (`state::Command` encoding), proposed at epoch version `epoch_version`.
+    /// It is applied only if the region's version is still `epoch_version` when the entry is
+    /// applied; otherwise a split moved keys away in between and the entry is a no-op.
+    Command {
+        /// The region's epoch version when the command was proposed.
+        epoch_version: u64,
+        /// The encoded command.
+        command: Bytes,
+    },
+    /// Split the region at `split_key`: keys from it on move to the new region.
+    Split(SplitRequest),
+}
+
+/// A replicated split: the new right-hand region's id and its peers' ids (one per store of the
+/// parent's peers, same roles), chosen by the proposing leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitRequest {
+    /// The region's epoch version when the split was proposed (stale splits are no-ops).
+    pub epoch_version: u64,
+    /// First key of the new region.
+    pub split_key: Bytes,
+    /// The new region's id.
+    pub new_region_id: u64,
+    /// `(parent peer id, new peer id)` for every parent peer.
+    pub new_peer_ids: Vec<(u64, u64)>,
+}
+
+const KIND_COMMAND: u8 = 1;
+const KIND_SPLIT: u8 = 2;
+
+impl EntryPayload {
+    /// The encoded envelope.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&[ENTRY_ENVELOPE_VERSION]);
+        match self {
+            EntryPayload::Command {
+                epoch_version,
+                command,
+            } => {
+                out.extend_from_slice(&[KIND_COMMAND]);
+                put_u64(&mut out, *epoch_version);
+                out.extend_from_slice(command);
+            }
+            EntryPayload::Split(s) => {
+                out.extend_from_slice(&[KIND_SPLIT]);
+                put_u64(&mut out, s.epoch_version);
+                put_bytes(&mut out, &s.split_key);
+                put_u64(&mut out, s.new_region_id);
+                put_u32(&mut out, s.new_peer_ids.len() as u32);
+                for (old, new) in &s.new_peer_ids {
+                    put_u64(&mut out, *old);
+                    put_u64(&mut out, *new);
+                }
+                let crc = crc32fast::hash(&out[2 + 8..]);
+                put_u32(&mut out, crc);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes an envelope; the command bytes are a zero-copy slice. Never panics.
+    pub fn decode(b: &Bytes) -> Result<EntryPayload, WireError> {
+        let mut c = Cursor::new(b);
+        let version = c.u8()?;
+        if version != ENTRY_ENVELOPE_VERSION {
+            return Err(WireError::UnknownVersion { version });
+        }
+        let kind = c.u8()?;
+        let epoch_version = c.u64()?;
+        match kind {
+            KIND_COMMAND => Ok(EntryPayload::Command {
+                epoch_version,
+                command: c.rest(),
+            }),
+            KIND_SPLIT => {
+                let body = checked_body(&c.rest())?;
+                let mut c = Cursor::new(&body);
+                let split_key = c.bytes()?;
+                let new_region_id = c.u64()?;
+                let count = c.u32()? as usize;
+                if count > c.remaining() / 16 {
+                    return Err(WireError::Count { count });
+                }
+                let mut new_peer_ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    new_peer_ids.push((c.u64()?, c.u64()?));
+                }
+                c.finish()?;
+                Ok(EntryPayload::Split(SplitRequest {
+                    epoch_version,
+                    split_key,
+                    new_region_id,
+                    new_peer_ids,
+                }))
+            }
+            tag => Err(WireError::UnknownTag {
+                what: "entry kind",
+                tag,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use raftlog::{Entry, MessageType};
+
+    #[test]
+    fn message_round_trip() {
+        let mut msg = Message::default();
+        msg.msg_type = MessageType::MsgAppend;
+        msg.to = 2;
+        msg.from = 1;
+        msg.term = 4;
+        msg.entries = vec![Entry {
+            term: 4,
+            index: 9,
+            data: Bytes::from_static(b"hello"),
+            ..Default::default()
+        }];
+        let m = RaftMessage {
+            region_id: 3,
+            from: Peer {
+                peer_id: 1,
+                store_id: 10,
+                role: PeerRole::Voter,
+            },
+            to: Peer {
+                peer_id: 2,
+                store_id: 20,
+                role: PeerRole::Learner,
+            },
+            epoch: Epoch {
+                conf_version: 1,
+                version: 5,
+            },
+            msg,
+        };
+        assert_eq!(RaftMessage::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn split_round_trip_and_checksum() {
+        let p = EntryPayload::Split(SplitRequest {
+            epoch_version: 2,
+            split_key: Bytes::from_static(b"k"),
+            new_region_id: 99,
+            new_peer_ids: vec![(1, 11), (2, 12)],
+        });
+        let enc = p.encode();
+        assert_eq!(EntryPayload::decode(&enc).unwrap(), p);
+        for i in 10 * 8..enc.len() * 8 {
+            let mut v = enc.to_vec();
+            v[i / 8] ^= 1 << (i % 8);
+            assert!(EntryPayload::decode(&Bytes::from(v)).is_err(), "bit {i}");
+        }
+        let c = EntryPayload::Command {
+            epoch_version: 7,
+            command: Bytes::from_static(b"cmd"),
+        };
+        assert_eq!(EntryPayload::decode(&c.encode()).unwrap(), c);
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let b = Bytes::from(data);
+            let _ = RaftMessage::decode(&b);
+            let _ = EntryPayload::decode(&b);
+        }
+    }
+}
