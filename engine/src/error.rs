@@ -206,6 +206,9 @@ pub enum EngineError {
     /// An earlier write or flush failed; the store must be reopened.
     #[error("a previous I/O error latched the log; reopen the store")]
     Latched,
+    /// Opening or probing the device failed.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// The log writer thread is gone.
     #[error("the log writer has stopped")]
     WriterStopped,

@@ -13,5 +13,6 @@ pub mod inspect;
 pub mod io;
 pub mod layout;
 pub mod log;
+pub mod metrics;
 pub mod state;
 pub mod store;

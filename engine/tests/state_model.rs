@@ -33,7 +33,7 @@ impl Run {
             Entry::Empty
         } else {
             let cmd = random_command(&mut self.rng, &self.model.regions[&r].1);
-            let got = store.apply(r, index, 1, &cmd).expect("apply");
+            let got = store.apply(r, index, 1, &cmd).expect("apply").expect("no session");
             let e = Entry::Cmd(cmd);
             let want = self.model.apply(r, index, &e);
             assert_eq!(got, want, "results at region {r} index {index}");
@@ -189,8 +189,7 @@ fn flipped_bit_in_a_value_block_is_detected() {
                 sequence: 1,
                 ops,
             },
-        )
-        .unwrap();
+        ).unwrap().unwrap();
     store.checkpoint().unwrap();
     assert_eq!(store.scan(1, b"", None, 100).unwrap().len(), 50);
     let seg = store
@@ -233,7 +232,7 @@ fn frozen_region_keeps_its_view_through_overwrites_and_compaction() {
             sequence: index,
             ops,
         };
-        store.apply(1, index, 1, &cmd).unwrap();
+        store.apply(1, index, 1, &cmd).unwrap().unwrap();
     };
     put_all(&mut store, 1, 1);
     let frozen = store.freeze(1).unwrap();
@@ -282,7 +281,7 @@ fn a_failed_command_applies_nothing() {
         sequence: 1,
         ops: vec![put("a", 10)],
     };
-    store.apply(1, 1, 1, &ok).unwrap();
+    store.apply(1, 1, 1, &ok).unwrap().unwrap();
     let ops = vec![
         put("b", 10),
         Op::Delete {
@@ -338,9 +337,9 @@ fn a_damaged_newest_root_falls_back_to_the_older_checkpoint() {
     let (mut sim, sb) = device(13, 16);
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
-    store.apply(1, 1, 1, &put_cmd(1, 0..20, 1)).unwrap();
+    store.apply(1, 1, 1, &put_cmd(1, 0..20, 1)).unwrap().unwrap();
     store.checkpoint().unwrap();
-    store.apply(1, 2, 1, &put_cmd(2, 10..30, 2)).unwrap();
+    store.apply(1, 2, 1, &put_cmd(2, 10..30, 2)).unwrap().unwrap();
     store.checkpoint().unwrap();
     drop(store);
     // The second root went to copy 1.
@@ -357,7 +356,7 @@ fn a_damaged_checkpoint_fails_open_instead_of_starting_empty() {
     let (mut sim, sb) = device(17, 16);
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
-    store.apply(1, 1, 1, &put_cmd(1, 0..100, 1)).unwrap();
+    store.apply(1, 1, 1, &put_cmd(1, 0..100, 1)).unwrap().unwrap();
     store.checkpoint().unwrap();
     let segments: Vec<u32> = store.segment_stats().iter().map(|s| s.segment).collect();
     drop(store);

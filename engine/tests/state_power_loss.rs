@@ -67,7 +67,7 @@ impl Run {
                 // The entry is in the (durable) log before it is applied.
                 self.model.apply(r, index, &e);
                 self.log.entries.entry(r).or_default().push((index, e));
-                cut_in(0, store.apply(r, index, 1, &cmd))?;
+                cut_in(0, store.apply(r, index, 1, &cmd))?.expect("no session");
             }
             15 | 16 => {
                 cut_in(1, store.compact_step())?;

@@ -135,6 +135,7 @@ fn region_state(meta: Bytes) -> RegionState {
             ..Default::default()
         },
         meta,
+        sessions: Default::default(),
     }
 }
 

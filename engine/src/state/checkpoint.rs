@@ -1,9 +1,10 @@
 //! Checkpoints: the index and region states written into the state write stream in bounded
 //! steps, made current by a state root; and loading the newest one at open.
 //!
-//! [`StateStore::checkpoint_begin`] freezes the regions (a clone of each index: O(regions)).
-//! Each [`StateStore::checkpoint_step`] appends checkpoint records (region states first, then
-//! `(key, location)` entries region by region, then the segment table, then an end item) to the
+//! [`StateStore::checkpoint_begin`] freezes the regions (a clone of each index, O(regions), and
+//! of each session table, O(clients)). Each [`StateStore::checkpoint_step`] appends checkpoint
+//! records (region states first, then client sessions and `(key, location)` entries region by
+//! region, then the segment table, then an end item) to the
 //! same stream the values go to, so applies interleave freely. The last step pads and submits
 //! the buffered blocks, waits for every write, flushes the device (covering every value the
 //! frozen index names, all written before the flush), and then writes the root durably to the
@@ -32,12 +33,16 @@ mod item {
     pub const ENTRIES: u8 = 2;
     pub const SEGMENT: u8 = 3;
     pub const END: u8 = 4;
+    pub const SESSIONS: u8 = 5;
 }
 
 /// Largest checkpoint record body aimed for (a single item may exceed it).
 const RECORD_BODY_TARGET: usize = 64 * 1024;
 /// Entries per `ENTRIES` item at most.
 const ENTRIES_PER_ITEM_MAX: usize = 1024;
+/// Bytes of sessions per `SESSIONS` item at most (or one session, which is smaller than
+/// 4 KiB plus 32 bytes): small beside the record body target.
+const SESSIONS_ITEM_BYTES_MAX: usize = 8 * 1024;
 
 /// Checkpoint bookkeeping of a store.
 #[derive(Debug, Default)]
@@ -54,6 +59,7 @@ pub(crate) struct CheckpointState {
 #[derive(Debug)]
 enum Phase {
     States,
+    Sessions { region: usize, after: Option<u64> },
     Entries { region: usize, after: Option<Key> },
     Segments,
     End,
@@ -214,10 +220,29 @@ impl StateStore {
                             written += self.emit(a)?;
                         }
                     }
-                    a.phase = Phase::Entries {
+                    a.phase = Phase::Sessions {
                         region: 0,
                         after: None,
                     };
+                }
+                Phase::Sessions { region, after } => {
+                    let Some(r) = a.regions.get(*region) else {
+                        a.phase = Phase::Entries {
+                            region: 0,
+                            after: None,
+                        };
+                        continue;
+                    };
+                    match encode_sessions(&mut a.body, r, *after) {
+                        Some(last) => *after = Some(last),
+                        None => {
+                            *region += 1;
+                            *after = None;
+                        }
+                    }
+                    if a.body.len() >= self.body_target() {
+                        written += self.emit(a)?;
+                    }
                 }
                 Phase::Entries { region, after } => {
                     let Some(r) = a.regions.get(*region) else {
@@ -332,6 +357,25 @@ impl StateStore {
     }
 }
 
+/// Appends one `SESSIONS` item of region `r` with clients after `after` if any is left;
+/// returns the last client written (`None`: none was left).
+fn encode_sessions(out: &mut Vec<u8>, r: &Region, after: Option<u64>) -> Option<u64> {
+    let at = out.len();
+    out.push(item::SESSIONS);
+    put_u64(out, r.state.region_id);
+    put_u32(out, 0);
+    let (count, last) = r
+        .state
+        .sessions
+        .encode_from(out, after, SESSIONS_ITEM_BYTES_MAX);
+    if count == 0 {
+        out.truncate(at);
+        return None;
+    }
+    out[at + 9..at + 13].copy_from_slice(&count.to_le_bytes());
+    last
+}
+
 /// Appends one `ENTRIES` item of region `r` after key `after`; returns the last key written
 /// and whether more may follow.
 fn encode_entries(out: &mut Vec<u8>, r: &Region, after: Option<&Key>) -> (Option<Key>, bool) {
@@ -429,6 +473,7 @@ pub(crate) fn decode_body(body: &[u8]) -> std::result::Result<Loaded, String> {
                     applied_term,
                     conf_state,
                     meta,
+                    sessions: Default::default(),
                 };
                 by_id.insert(region_id, out.regions.len());
                 out.regions.push(Region {
@@ -452,6 +497,19 @@ pub(crate) fn decode_body(body: &[u8]) -> std::result::Result<Loaded, String> {
                     };
                     out.regions[at].index.insert(key, loc);
                 }
+            }
+            item::SESSIONS => {
+                let region_id = c.u64()?;
+                let n = c.u32()?;
+                let at = *by_id
+                    .get(&region_id)
+                    .ok_or(format!("sessions of unknown region {region_id}"))?;
+                let used = out.regions[at]
+                    .state
+                    .sessions
+                    .decode_into(&c.b[c.pos..], n)
+                    .map_err(|e| format!("region {region_id}: {e}"))?;
+                c.pos += used;
             }
             item::SEGMENT => {
                 let s = c.u32()?;

@@ -76,7 +76,8 @@ pub enum Op {
 pub struct Command {
     /// The client that proposed it (0: internal).
     pub client_id: u64,
-    /// The client's sequence number (for de-duplicating retries; the store does not interpret it).
+    /// The client's sequence number: the store applies a command of a client at most once,
+    /// and none older than the client's last applied one (see [`super::session`]).
     pub sequence: u64,
     /// The ops, applied atomically and in order (see the module docs).
     pub ops: Vec<Op>,
@@ -167,7 +168,24 @@ pub enum CommandError {
         /// How many.
         count: usize,
     },
+    /// Not applied: the client's session already holds this sequence or a later one
+    /// ([`super::session`]). `sequence == last`: the command was applied once and its results
+    /// were too large to keep; `sequence < last`: an old command the client has moved past
+    /// (it may or may not have been applied). Either way the entry was applied as a no-op.
+    #[error("client {client_id}: sequence {sequence} is not after the last applied {last}")]
+    Duplicate {
+        /// The client.
+        client_id: u64,
+        /// The command's sequence.
+        sequence: u64,
+        /// The last sequence of the client the region applied.
+        last: u64,
+    },
 }
+
+/// What applying a command gave: one result per op, or why it was not applied (it did not
+/// decode, or it repeats an applied one: [`CommandError::Duplicate`]).
+pub type CommandOutcome = std::result::Result<Vec<OpResult>, CommandError>;
 
 impl Op {
     fn encoded_len(&self) -> usize {
@@ -408,6 +426,16 @@ impl FieldReader {
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
         Ok(s)
+    }
+
+    /// The bytes left, unread.
+    pub(crate) fn rest(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Skips `n` bytes (at most the bytes left).
+    pub(crate) fn skip(&mut self, n: usize) {
+        self.pos += n.min(self.remaining());
     }
 
     pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, Truncated> {

@@ -32,6 +32,15 @@
 //! segment emptied this way is reused only after a later checkpoint root is durable and no
 //! [`FrozenRegion`] that could reference it is alive.
 //!
+//! # Splits
+//! [`StateStore::split_region`] moves a parent region's keys from a split key on into a new
+//! region at one of the parent's log indexes, rewriting the moved values under the new
+//! region's id so that every record still names the region that owns it ([`split`]).
+//!
+//! # Sessions
+//! Each region's [`RegionState::sessions`] remembers the last command of each client, so a
+//! retried command is not applied twice ([`session`]).
+//!
 //! # Space
 //! Values never take the last free segments the next checkpoint is estimated to need
 //! (`StateStore::checkpoint_reserve_segments`): when the partition is full, applies fail with
@@ -50,14 +59,18 @@ pub mod compact;
 pub mod index;
 pub mod record;
 pub mod segments;
+pub mod session;
 pub mod snapshot;
+pub mod split;
 pub mod storage;
 pub mod store;
 pub mod stream;
 pub mod worker;
 
-pub use command::{Command, Op, OpResult};
+pub use command::{Command, CommandError, CommandOutcome, Op, OpResult};
 pub use index::Key;
+pub use session::{Session, SessionTable};
+pub use split::SplitOutcome;
 pub use store::{FrozenRegion, StateStore};
 pub use stream::StateReader;
 
@@ -77,6 +90,13 @@ pub struct StateConfig {
     /// Bytes of a segment's stream one compaction step reads (and at most copies). Default 1 MiB:
     /// a step takes about a millisecond on NVMe, so applies are never held up for long.
     pub compaction_step_bytes: u64,
+    /// Clients whose last command each region remembers ([`session`]); beyond it the client
+    /// with the oldest last command is evicted (and a late retry of its would apply again).
+    /// Default 1024: a retry comes within seconds, when at most the clients active in those
+    /// seconds have written since, and a full table costs about 40 bytes plus up to
+    /// [`session::SESSION_RESULTS_BYTES_MAX`] per client in memory, checkpoints and snapshots.
+    /// Must be equal on every store of a cluster: eviction is replicated state.
+    pub session_clients_max: usize,
 }
 
 impl StateConfig {
@@ -87,6 +107,7 @@ impl StateConfig {
             write_buffer_bytes: 256 * 1024,
             compaction_garbage_ratio: 0.5,
             compaction_step_bytes: 1024 * 1024,
+            session_clients_max: 1024,
         }
     }
 
@@ -107,6 +128,9 @@ impl StateConfig {
         }
         if self.compaction_step_bytes == 0 {
             return bad("compaction_step_bytes", "must be positive".into());
+        }
+        if self.session_clients_max == 0 {
+            return bad("session_clients_max", "must be positive".into());
         }
         Ok(())
     }
@@ -137,6 +161,8 @@ pub struct RegionState {
     pub conf_state: raftlog::ConfState,
     /// Opaque region metadata (key range, epoch: filled by the region layer).
     pub meta: Bytes,
+    /// The clients' sessions: what makes commands apply at most once ([`session`]).
+    pub sessions: SessionTable,
 }
 
 impl RegionState {
@@ -148,6 +174,7 @@ impl RegionState {
             applied_term: 0,
             conf_state,
             meta: Bytes::new(),
+            sessions: SessionTable::default(),
         }
     }
 }

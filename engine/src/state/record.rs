@@ -1,4 +1,4 @@
-//! The records of a state segment's payload stream and the state root (format version 1; byte
+//! The records of a state segment's payload stream and the state root (format version 2; byte
 //! diagrams in `docs/FORMAT.md`, "State store").
 //!
 //! Every record opens with a kind byte and three zero bytes and closes with a CRC-32 over all of
@@ -175,8 +175,12 @@ pub fn decode_checkpoint(rec: &[u8]) -> Result<(u64, &[u8]), RecordDefect> {
 
 /// The 4 magic bytes of a state root.
 pub const ROOT_MAGIC: [u8; 4] = *b"BSRT";
-/// The state format version this build writes and reads.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// The state format version this build writes. It reads this one and every older one
+/// ([`STATE_FORMAT_VERSION_MIN`]..=this): version 1 differs only in having no `SESSIONS`
+/// checkpoint items (its regions open with empty session tables).
+pub const STATE_FORMAT_VERSION: u32 = 2;
+/// The oldest state format version this build reads.
+pub const STATE_FORMAT_VERSION_MIN: u32 = 1;
 
 /// Byte offsets of the state root fields.
 pub mod root_field {
@@ -265,7 +269,8 @@ impl StateRoot {
             return None;
         }
         if get_u32(image, f::CHECKSUM) != root_checksum(image, offset, nonce)
-            || get_u32(image, f::VERSION) != STATE_FORMAT_VERSION
+            || !(STATE_FORMAT_VERSION_MIN..=STATE_FORMAT_VERSION)
+                .contains(&get_u32(image, f::VERSION))
             || get_u32(image, f::COPY) != copy
         {
             return None;

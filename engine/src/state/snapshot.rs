@@ -23,13 +23,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use raftlog::ConfState;
 
 use super::command::{FieldReader, Truncated};
+use super::session::{SessionFormatError, SessionTable};
 use crate::error::EngineError;
 use crate::state::{CheckpointInfo, FrozenRegion, InstallId, RegionState, StateStore};
 
 /// Magic of a snapshot chunk.
 pub const CHUNK_MAGIC: [u8; 4] = *b"BSNC";
 /// Version of the chunk and descriptor formats this build writes and reads.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 /// Bytes of a chunk header.
 pub const CHUNK_HEADER_LEN: usize = 56;
 /// Offset of the chunk CRC in the header (it covers the header before it and the body).
@@ -168,6 +169,9 @@ pub enum SnapshotError {
         /// Counted.
         found: u64,
     },
+    /// The first chunk's client sessions do not decode.
+    #[error(transparent)]
+    Sessions(#[from] SessionFormatError),
     /// The receiver already finished or failed.
     #[error("the snapshot receiver is closed")]
     Closed,
@@ -350,12 +354,18 @@ fn encode_state(out: &mut BytesMut, state: &RegionState, total_keys: u64) {
     }
     out.put_u32_le(u32::try_from(state.meta.len()).expect("region metadata under 4 GiB"));
     out.put_slice(&state.meta);
+    let mut sessions = Vec::with_capacity(state.sessions.encoded_len());
+    let (count, _) = state.sessions.encode_from(&mut sessions, None, usize::MAX);
+    out.put_u32_le(count);
+    out.put_slice(&sessions);
 }
 
 fn encoded_state_len(state: &RegionState) -> usize {
     let cs = &state.conf_state;
     let peers = cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len();
     8 + 1 + 16 + 8 * (peers + cs.learners_next.len()) + 4 + state.meta.len()
+        + 4
+        + state.sessions.encoded_len()
 }
 
 fn decode_state(r: &mut FieldReader, h: &ChunkHeader) -> Result<(RegionState, u64), SnapshotError> {
@@ -381,6 +391,10 @@ fn decode_state(r: &mut FieldReader, h: &ChunkHeader) -> Result<(RegionState, u6
     }
     let [voters, learners, voters_outgoing, learners_next] = lists;
     let meta = r.bytes("region metadata")?;
+    let session_count = r.u32("session count")?;
+    let mut sessions = SessionTable::default();
+    let used = sessions.decode_into(r.rest(), session_count)?;
+    r.skip(used);
     let state = RegionState {
         region_id: h.region_id,
         applied_index: h.index,
@@ -393,6 +407,7 @@ fn decode_state(r: &mut FieldReader, h: &ChunkHeader) -> Result<(RegionState, u6
             auto_leave,
         },
         meta,
+        sessions,
     };
     Ok((state, total_keys))
 }

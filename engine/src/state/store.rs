@@ -7,7 +7,8 @@ use std::ops::Bound;
 use bytes::Bytes;
 
 use super::checkpoint::CheckpointState;
-use super::command::{Command, Op, OpResult};
+use super::command::{Command, CommandOutcome, Op, OpResult};
+use super::session::Verdict;
 use super::compact::CompactCursor;
 use super::index::{estimate_bytes, Key, RegionIndex};
 use super::record;
@@ -158,13 +159,13 @@ impl StateStore {
         self.regions.get(&region_id).map(|r| r.index.len() as u64)
     }
 
-    fn region_mut(&mut self, region_id: u64) -> Result<&mut Region> {
+    pub(crate) fn region_mut(&mut self, region_id: u64) -> Result<&mut Region> {
         self.regions
             .get_mut(&region_id)
             .ok_or(EngineError::StateRegionUnknown { region_id })
     }
 
-    fn region(&self, region_id: u64) -> Result<&Region> {
+    pub(crate) fn region(&self, region_id: u64) -> Result<&Region> {
         self.regions
             .get(&region_id)
             .ok_or(EngineError::StateRegionUnknown { region_id })
@@ -192,7 +193,7 @@ impl StateStore {
     }
 
     /// Subtracts every location of `index` from the live bytes.
-    fn release(&mut self, index: &RegionIndex) {
+    pub(crate) fn release(&mut self, index: &RegionIndex) {
         for loc in index.values() {
             self.table.add_live(loc.segment, -(loc.len as i64));
         }
@@ -200,17 +201,30 @@ impl StateStore {
 
     /// Applies one command atomically at `index` (which must follow the applied index) and
     /// records the applied index and term with it. Ops apply in order, each seeing the ones
-    /// before it; a failed compare-and-swap is reported and does not stop the batch. On an
-    /// error nothing of the command is applied.
+    /// before it; a failed compare-and-swap is reported and does not stop the batch.
+    ///
+    /// At most once: a command whose client's session ([`super::session`]) already holds its
+    /// sequence or a later one is not applied (the index is, as a no-op) and answers the first
+    /// time's results (`Ok`, same sequence) or
+    /// [`CommandError::Duplicate`](super::CommandError::Duplicate). An applied command
+    /// of a client (`client_id != 0`) is recorded in the region's session table.
+    ///
+    /// On an error (`Err` of the outer result: a full partition, an I/O error) nothing of the
+    /// command, its index or its session is applied.
     pub fn apply(
         &mut self,
         region_id: u64,
         index: u64,
         term: u64,
         cmd: &Command,
-    ) -> Result<Vec<OpResult>> {
+    ) -> Result<CommandOutcome> {
         let r = self.region_mut(region_id)?;
         check_index(&r.state, index)?;
+        if let Verdict::Answer(answer) = r.state.sessions.verdict(cmd.client_id, cmd.sequence) {
+            r.state.applied_index = index;
+            r.state.applied_term = term;
+            return Ok(answer);
+        }
         // Taken out (not cloned) so that nodes no frozen view shares are changed in place.
         let mut batch = Batch {
             map: std::mem::take(&mut r.index),
@@ -231,6 +245,7 @@ impl StateStore {
         if failed.is_some() {
             batch.rollback();
         }
+        let clients_max = self.config.session_clients_max;
         let r = self.region_mut(region_id)?;
         r.index = batch.map;
         if let Some(e) = failed {
@@ -238,10 +253,21 @@ impl StateStore {
         }
         r.state.applied_index = index;
         r.state.applied_term = term;
+        let (client, sequence) = (cmd.client_id, cmd.sequence);
+        r.state
+            .sessions
+            .record(client, sequence, index, &results, clients_max);
         for (segment, delta) in batch.live {
             self.table.add_live(segment, delta);
         }
-        Ok(results)
+        Ok(Ok(results))
+    }
+
+    /// A region's applied index and term.
+    pub fn applied(&self, region_id: u64) -> Option<(u64, u64)> {
+        self.regions
+            .get(&region_id)
+            .map(|r| (r.state.applied_index, r.state.applied_term))
     }
 
     fn apply_op(&mut self, region_id: u64, b: &mut Batch, op: &Op) -> Result<OpResult> {
@@ -504,8 +530,9 @@ impl StateStore {
             .take(limit)
             .map(|(k, loc)| (k, *loc))
             .collect();
-        // Values still in the write buffer (or in flight) come from memory, one by one; the
-        // rest with a few coalesced device reads, all in flight together.
+        // Values near blocks still in the write buffer or in flight (see `in_memory`) are read
+        // one by one, each block from memory or the device; the rest with a few coalesced
+        // device reads, all in flight together.
         let on_device: Vec<(ValueLoc, &[u8])> = found
             .iter()
             .filter(|(_, loc)| !self.in_memory(*loc))
@@ -526,10 +553,20 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Whether any block of the record at `loc` is still in the writer's memory.
-    fn in_memory(&self, loc: ValueLoc) -> bool {
+    /// Whether the record at `loc` must be read on its own rather than by a coalesced device
+    /// read: a block of it, or one a coalesced span may reach over after it (up to
+    /// [`COALESCE_GAP_BLOCKS`](super::stream::COALESCE_GAP_BLOCKS)), is still in the writer's
+    /// memory. Writes complete out of order, so an in-flight block can sit between two landed
+    /// records; a span over it would read it before it lands. ([`StateStore::read_value`] takes
+    /// each block from memory or the device.)
+    pub(crate) fn in_memory(&self, loc: ValueLoc) -> bool {
+        if !self.writer.holds_segment(loc.segment) {
+            return false;
+        }
         let (first, last) = self.sg.block_span(loc.offset as u64, loc.len as u64);
-        (first..=last).any(|b| self.writer.mem_block(loc.segment, b).is_some())
+        let reach =
+            (last + super::stream::COALESCE_GAP_BLOCKS).min(self.sg.blocks_per_segment() - 1);
+        (first..=reach).any(|b| self.writer.mem_block(loc.segment, b).is_some())
     }
 
     /// A reader of value locations on the device (for snapshot builders).

@@ -310,6 +310,15 @@ impl StreamWriter {
         c.map(|_| ())
     }
 
+    /// Whether any block of `segment` is still buffered or in flight (a batched device read
+    /// spanning blocks of such a segment could read a block that has not landed yet).
+    pub fn holds_segment(&self, segment: u32) -> bool {
+        self.head
+            .as_ref()
+            .is_some_and(|h| h.segment == segment && !h.buf.is_empty())
+            || self.inflight.values().any(|f| f.segment == segment)
+    }
+
     /// The payload area of block `block` of `segment` if it is still buffered or in flight
     /// (whole capacity, or the filled part for the block being filled).
     pub fn mem_block(&self, segment: u32, block: u32) -> Option<&[u8]> {
@@ -426,7 +435,7 @@ impl StateReader {
 
 /// Blocks between two values that one coalesced read still spans (reading a few unwanted
 /// blocks is cheaper than another round trip): 32 KiB at 4 KiB blocks.
-const COALESCE_GAP_BLOCKS: u32 = 8;
+pub(crate) const COALESCE_GAP_BLOCKS: u32 = 8;
 /// Most blocks one coalesced read covers: 1 MiB at 4 KiB blocks.
 const COALESCE_SPAN_BLOCKS: u32 = 256;
 

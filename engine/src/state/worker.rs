@@ -18,6 +18,10 @@
 //! step. Each finished checkpoint is reported as [`ApplyEvent::CheckpointDone`]: the owner may
 //! then compact the regions' logs up to the indexes it lists.
 //!
+//! A split is its own request ([`ApplyRequest::Split`], the parent's split entry), ordered with
+//! the region's entries and answered with [`ApplyEvent::Split`]; metadata that changes with an
+//! entry (conf changes) is recorded with it through [`ApplyTask::metas`].
+//!
 //! Any error of the store is fatal: the worker reports [`ApplyEvent::Failed`] and stops (the
 //! store latches itself after an I/O error; the owner reopens it).
 //!
@@ -34,6 +38,12 @@
 //!   pressure. Keep draining [`ApplyEvent`]s: the worker waits when its event queue is full, so
 //!   an owner that blocks sending requests while not reading events can deadlock with it.
 //! - On [`ApplyEvent::CheckpointDone`], compact each listed region's log up to its index.
+//! - A region's split entry goes as [`ApplyRequest::Split`] between the [`ApplyRequest::Apply`]
+//!   tasks of the entries before and after it (never inside a task: there it would be applied
+//!   as an undecodable no-op). After a restart, replay sends it again; the store answers
+//!   [`SplitOutcome::AlreadyApplied`] if its checkpoint already had it. On
+//!   [`ApplyEvent::Split`] with [`SplitOutcome::Moved`], create the child's peer (its log
+//!   starts after the child state's applied index).
 //! - On [`SnapshotEvent::Installed`], record the snapshot in the log
 //!   (`LogBatch::set_snapshot(region, index, term)`) and continue applying from `index + 1`.
 //! - The bound on one step has two exceptions: the last chunk of an install runs the store's
@@ -49,6 +59,7 @@ use tracing::{debug, warn};
 
 use super::command::{Command, CommandError, OpResult};
 use super::snapshot::{Chunk, ReceiveProgress, SnapshotError, SnapshotMeta, SnapshotReceiver};
+use super::split::SplitOutcome;
 use super::{CheckpointInfo, FrozenRegion, InstallId, RegionState, StateStore};
 use crate::error::{EngineError, Result};
 use crate::layout::MIB;
@@ -137,6 +148,11 @@ pub struct ApplyTask {
     /// For each conf-change entry among `entries`: its index and the configuration after it
     /// (what `RawNode::apply_conf_change` returned), recorded atomically with its index.
     pub conf_states: Vec<(u64, ConfState)>,
+    /// For each entry among `entries` that changes the region's metadata (a conf change bumps
+    /// the epoch's conf version): its index and the new metadata, recorded atomically with its
+    /// index (a checkpoint never holds the index without the metadata, which
+    /// [`ApplyRequest::SetMeta`], a request of its own, cannot promise).
+    pub metas: Vec<(u64, Bytes)>,
 }
 
 impl ApplyTask {
@@ -146,6 +162,7 @@ impl ApplyTask {
             region_id,
             entries,
             conf_states: Vec::new(),
+            metas: Vec::new(),
         }
     }
 }
@@ -162,7 +179,28 @@ pub enum ApplyRequest {
     CreateRegion(RegionState),
     /// Remove a region and its data.
     RemoveRegion(u64),
-    /// Replace a region's opaque metadata.
+    /// Split a region at one of its log indexes (the split entry itself: send the region's
+    /// entries before it as [`ApplyRequest::Apply`], then this, then the entries after it).
+    /// Handled in order with the region's other requests; answered with [`ApplyEvent::Split`].
+    /// Runs [`StateStore::split_region`]: replay-safe (a split at or below the applied index is
+    /// reported as [`SplitOutcome::AlreadyApplied`]); one beyond `applied + 1` is refused as a
+    /// gap ([`ApplyEvent::Refused`]).
+    Split {
+        /// The parent region.
+        region_id: u64,
+        /// Index of the split entry in the parent's log.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// Keys from this one on move to the child.
+        split_key: Bytes,
+        /// The new region's state (applied index and term, configuration, metadata).
+        child: RegionState,
+        /// The parent's metadata after the split (its shrunken key range, new epoch).
+        parent_meta: Bytes,
+    },
+    /// Replace a region's opaque metadata now (not tied to an index: metadata that changes
+    /// with an entry goes in [`ApplyTask::metas`] or [`ApplyRequest::Split`]).
     SetMeta {
         /// The region.
         region_id: u64,
@@ -190,6 +228,16 @@ pub enum ApplyRequest {
         limit: usize,
         /// Where the answer goes.
         reply: Reply<Result<Vec<(Bytes, Bytes)>>>,
+    },
+    /// A read answered through a callback (the raft loop's linearizable reads: queued behind
+    /// every entry dispatched before it, so it sees at least the read index).
+    Read {
+        /// The region.
+        region_id: u64,
+        /// What to read.
+        request: ReadRequest,
+        /// Called with the answer on the apply thread; must not block.
+        reply: ReadReply,
     },
     /// Freeze a region for a snapshot.
     Freeze {
@@ -220,6 +268,37 @@ pub enum ApplyRequest {
     Stop,
 }
 
+/// A read of [`ApplyRequest::Read`].
+#[derive(Clone, Debug)]
+pub enum ReadRequest {
+    /// One key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Keys in `start..end` (`None`: to the region's end), at most `limit`.
+    Scan {
+        /// First key.
+        start: Bytes,
+        /// End (exclusive).
+        end: Option<Bytes>,
+        /// Most rows.
+        limit: usize,
+    },
+}
+
+/// The answer to a [`ReadRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOutput {
+    /// A get's value.
+    Value(Option<Bytes>),
+    /// A scan's rows in key order.
+    Rows(Vec<(Bytes, Bytes)>),
+}
+
+/// Where a [`ApplyRequest::Read`]'s answer goes.
+pub type ReadReply = Box<dyn FnOnce(Result<ReadOutput>) + Send>;
+
 /// Progress of an install, as the apply worker reports it to the snapshot worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstallProgress {
@@ -243,7 +322,10 @@ pub struct ApplyResult {
     pub term: u64,
     /// The command's client and sequence (0, 0 if it did not decode).
     pub client: (u64, u64),
-    /// One result per op, or why the entry's data is not a command (applied as a no-op).
+    /// One result per op, or why the command was not applied (the entry was applied as a
+    /// no-op): its data is not a command, or it repeats one of its client's applied commands
+    /// ([`CommandError::Duplicate`]; a retry of the last one answers `Ok` with the first
+    /// time's results instead when they were kept, see [`super::session`]).
     pub results: std::result::Result<Vec<OpResult>, CommandError>,
 }
 
@@ -261,6 +343,22 @@ pub enum ApplyEvent {
         applied_term: u64,
         /// Outcomes of the entries that carried commands.
         results: Vec<ApplyResult>,
+    },
+    /// A split request was handled. Like [`ApplyEvent::Applied`] for the parent (advance its
+    /// applied index to `applied_index`); on [`SplitOutcome::Moved`] the child now exists in
+    /// the store with the state given in the request (start its peer); on
+    /// [`SplitOutcome::AlreadyApplied`] nothing changed.
+    Split {
+        /// The parent region.
+        region_id: u64,
+        /// The parent's applied index now (the split's index, or more for a replay).
+        applied_index: u64,
+        /// Its term.
+        applied_term: u64,
+        /// The new region.
+        child_region_id: u64,
+        /// What the split did.
+        outcome: SplitOutcome,
     },
     /// A checkpoint is durable: each listed region's log may be compacted up to its index.
     CheckpointDone(CheckpointInfo),
@@ -510,6 +608,14 @@ impl ApplyLoop {
                 self.store.remove_region(region_id)?;
                 self.compaction_wanted = true;
             }
+            ApplyRequest::Split {
+                region_id,
+                index,
+                term,
+                split_key,
+                child,
+                parent_meta,
+            } => self.split(region_id, index, term, &split_key, child, parent_meta)?,
             ApplyRequest::SetMeta { region_id, meta } => self.store.set_meta(region_id, meta)?,
             ApplyRequest::Get {
                 region_id,
@@ -527,6 +633,22 @@ impl ApplyLoop {
             } => {
                 let r = self.store.scan(region_id, &start, end.as_deref(), limit);
                 let _ = reply.send(r);
+            }
+            ApplyRequest::Read {
+                region_id,
+                request,
+                reply,
+            } => {
+                let r = match request {
+                    ReadRequest::Get { key } => {
+                        self.store.get(region_id, &key).map(ReadOutput::Value)
+                    }
+                    ReadRequest::Scan { start, end, limit } => self
+                        .store
+                        .scan(region_id, &start, end.as_deref(), limit)
+                        .map(ReadOutput::Rows),
+                };
+                reply(r);
             }
             ApplyRequest::Freeze { region_id, reply } => {
                 let _ = reply.send(self.store.freeze(region_id));
@@ -597,13 +719,58 @@ impl ApplyLoop {
         }
     }
 
-    fn apply_task(&mut self, task: ApplyTask) -> Flow {
-        let region_id = task.region_id;
-        let Some(state) = self.store.region_state(region_id) else {
+    fn split(
+        &mut self,
+        region_id: u64,
+        index: u64,
+        term: u64,
+        split_key: &[u8],
+        child: RegionState,
+        parent_meta: Bytes,
+    ) -> Flow {
+        let Some((applied_index, _)) = self.store.applied(region_id) else {
             return Err(EngineError::StateRegionUnknown { region_id });
         };
-        let mut applied = state.applied_index;
-        let mut applied_term = state.applied_term;
+        if index > applied_index + 1 {
+            self.emit(ApplyEvent::Refused {
+                region_id,
+                error: EngineError::AppendGap {
+                    region_id,
+                    index,
+                    last_index: applied_index,
+                },
+            });
+            return Ok(());
+        }
+        let child_region_id = child.region_id;
+        let outcome =
+            self.store
+                .split_region(region_id, index, term, split_key, child, parent_meta)?;
+        if let SplitOutcome::Moved { bytes, .. } = outcome {
+            // A restart before the next checkpoint replays the split and rewrites these bytes
+            // again: count them towards the checkpoint trigger.
+            self.applied_bytes_since_checkpoint += bytes;
+        }
+        self.compaction_wanted = true;
+        let (applied_index, applied_term) = self
+            .store
+            .applied(region_id)
+            .ok_or(EngineError::StateRegionUnknown { region_id })?;
+        self.emit(ApplyEvent::Split {
+            region_id,
+            applied_index,
+            applied_term,
+            child_region_id,
+            outcome,
+        });
+        Ok(())
+    }
+
+    fn apply_task(&mut self, task: ApplyTask) -> Flow {
+        let region_id = task.region_id;
+        let Some((mut applied, mut applied_term)) = self.store.applied(region_id) else {
+            return Err(EngineError::StateRegionUnknown { region_id });
+        };
         if let Some(first) = task.entries.iter().find(|e| e.index > applied) {
             if first.index != applied + 1 {
                 self.emit(ApplyEvent::Refused {
@@ -636,6 +803,9 @@ impl ApplyLoop {
             }
             if let Some(r) = self.apply_entry(region_id, e, &task.conf_states)? {
                 results.push(r);
+            }
+            if let Some((_, meta)) = task.metas.iter().find(|(i, _)| *i == e.index) {
+                self.store.set_meta(region_id, meta.clone())?;
             }
             applied = e.index;
             applied_term = e.term;
@@ -670,8 +840,8 @@ impl ApplyLoop {
         }
         let (client, results) = match Command::decode(&e.data) {
             Ok(cmd) => {
-                let ops = self.store.apply(region_id, e.index, e.term, &cmd)?;
-                ((cmd.client_id, cmd.sequence), Ok(ops))
+                let outcome = self.store.apply(region_id, e.index, e.term, &cmd)?;
+                ((cmd.client_id, cmd.sequence), outcome)
             }
             Err(err) => {
                 warn!(region = region_id, index = e.index, error = %err, "entry is not a command");

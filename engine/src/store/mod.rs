@@ -5,16 +5,26 @@
 //! runs under the real threads ([`Store`]) and under a deterministic simulator.
 
 pub mod api;
+pub mod config;
 pub mod msg;
+mod peer;
+pub mod raft_loop;
 pub mod region;
+pub mod runtime;
 mod wire;
+
+pub use config::{ReadMode, StoreConfig};
+pub use raft_loop::{LogSink, PeerOrigin, StoreLoop};
+pub use runtime::{Store, StoreOptions};
 
 pub use api::{
     AdminRequest, ClientRequest, ClientResponse, IncomingSnapshot, PeerChange, RegionInfo, Reply,
     RequestError, SnapshotReceipt, StoreEvent, StoreRouter, StoreStatus, Transport,
 };
-pub use msg::{EntryPayload, RaftMessage, SplitRequest};
-pub use region::{Epoch, Peer, PeerRole, RegionMeta};
+pub use msg::{
+    decode_peer_list, encode_peer_list, EntryPayload, MessageKind, RaftMessage, SplitRequest,
+};
+pub use region::{initial_regions, Epoch, Peer, PeerRole, RegionMeta};
 
 /// Why a store-layer structure (region metadata, message or entry envelope) did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,9 +15,26 @@ use super::WireError;
 /// Version byte of the message envelope.
 pub const RAFT_MESSAGE_VERSION: u8 = 1;
 
+/// What a [`RaftMessage`] carries besides plain Raft.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MessageKind {
+    /// A Raft message for the region's peer.
+    #[default]
+    Raft,
+    /// The leader asks its followers to hibernate (stop ticking) at `msg.term` / `msg.commit`.
+    HibernateRequest,
+    /// A follower agrees to hibernate.
+    HibernateAck,
+    /// Store-level liveness ping (`region_id` 0): hibernating followers wake when their
+    /// leader's store falls silent.
+    StoreHeartbeat,
+}
+
 /// A Raft message addressed to one region peer on another store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RaftMessage {
+    /// What the message is.
+    pub kind: MessageKind,
     /// The region.
     pub region_id: u64,
     /// The sending peer.
@@ -45,7 +62,12 @@ fn read_peer(c: &mut Cursor<'_>) -> Result<Peer, WireError> {
     let role = match c.u8()? {
         0 => PeerRole::Voter,
         1 => PeerRole::Learner,
-        tag => return Err(WireError::UnknownTag { what: "peer role", tag }),
+        tag => {
+            return Err(WireError::UnknownTag {
+                what: "peer role",
+                tag,
+            })
+        }
     };
     Ok(Peer {
         peer_id,
@@ -57,7 +79,13 @@ fn read_peer(c: &mut Cursor<'_>) -> Result<Peer, WireError> {
 impl RaftMessage {
     /// Appends the encoded envelope to `out`.
     pub fn encode_into(&self, out: &mut BytesMut) {
-        out.extend_from_slice(&[RAFT_MESSAGE_VERSION]);
+        let kind = match self.kind {
+            MessageKind::Raft => 0,
+            MessageKind::HibernateRequest => 1,
+            MessageKind::HibernateAck => 2,
+            MessageKind::StoreHeartbeat => 3,
+        };
+        out.extend_from_slice(&[RAFT_MESSAGE_VERSION, kind]);
         put_u64(out, self.region_id);
         put_peer(out, &self.from);
         put_peer(out, &self.to);
@@ -82,6 +110,18 @@ impl RaftMessage {
         if version != RAFT_MESSAGE_VERSION {
             return Err(WireError::UnknownVersion { version });
         }
+        let kind = match c.u8()? {
+            0 => MessageKind::Raft,
+            1 => MessageKind::HibernateRequest,
+            2 => MessageKind::HibernateAck,
+            3 => MessageKind::StoreHeartbeat,
+            tag => {
+                return Err(WireError::UnknownTag {
+                    what: "message kind",
+                    tag,
+                })
+            }
+        };
         let region_id = c.u64()?;
         let from = read_peer(&mut c)?;
         let to = read_peer(&mut c)?;
@@ -93,6 +133,7 @@ impl RaftMessage {
         c.finish()?;
         let msg = Message::decode_bytes(&body).map_err(WireError::Raft)?;
         Ok(RaftMessage {
+            kind,
             region_id,
             from,
             to,
@@ -232,6 +273,7 @@ mod tests {
             ..Default::default()
         }];
         let m = RaftMessage {
+            kind: MessageKind::HibernateAck,
             region_id: 3,
             from: Peer {
                 peer_id: 1,
@@ -281,5 +323,59 @@ mod tests {
             let _ = RaftMessage::decode(&b);
             let _ = EntryPayload::decode(&b);
         }
+    }
+}
+
+/// Version byte of a conf change's peer list (`ConfChangeV2::context`).
+pub const PEER_LIST_VERSION: u8 = 1;
+
+/// Encodes the peers a conf change adds (so every replica learns their stores), with a crc32.
+pub fn encode_peer_list(peers: &[Peer]) -> Bytes {
+    let mut out = BytesMut::with_capacity(9 + 17 * peers.len());
+    out.extend_from_slice(&[PEER_LIST_VERSION]);
+    put_u32(&mut out, peers.len() as u32);
+    for p in peers {
+        put_peer(&mut out, p);
+    }
+    let crc = crc32fast::hash(&out);
+    put_u32(&mut out, crc);
+    out.freeze()
+}
+
+/// Decodes [`encode_peer_list`]'s output; never panics.
+pub fn decode_peer_list(b: &Bytes) -> Result<Vec<Peer>, WireError> {
+    let body = checked_body(b)?;
+    let mut c = Cursor::new(&body);
+    let version = c.u8()?;
+    if version != PEER_LIST_VERSION {
+        return Err(WireError::UnknownVersion { version });
+    }
+    let count = c.u32()? as usize;
+    if count > c.remaining() / 17 {
+        return Err(WireError::Count { count });
+    }
+    let mut peers = Vec::with_capacity(count);
+    for _ in 0..count {
+        peers.push(read_peer(&mut c)?);
+    }
+    c.finish()?;
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod peer_list_tests {
+    use super::*;
+
+    #[test]
+    fn peer_list_round_trip() {
+        let peers = vec![Peer {
+            peer_id: 5,
+            store_id: 6,
+            role: PeerRole::Learner,
+        }];
+        assert_eq!(decode_peer_list(&encode_peer_list(&peers)).unwrap(), peers);
+        let mut v = encode_peer_list(&peers).to_vec();
+        v[3] ^= 1;
+        assert!(decode_peer_list(&Bytes::from(v)).is_err());
     }
 }

@@ -136,7 +136,12 @@ impl RegionMeta {
             let role = match c.u8()? {
                 0 => PeerRole::Voter,
                 1 => PeerRole::Learner,
-                tag => return Err(WireError::UnknownTag { what: "peer role", tag }),
+                tag => {
+                    return Err(WireError::UnknownTag {
+                        what: "peer role",
+                        tag,
+                    })
+                }
             };
             peers.push(Peer {
                 peer_id,
@@ -153,6 +158,40 @@ impl RegionMeta {
             peers,
         })
     }
+}
+
+/// The regions of a new cluster: one per range between `split_keys` (ascending), each with a
+/// voter on every store of `store_ids`. Ids are deterministic, so every store bootstraps the
+/// same regions on its own: region ids `1..=n`, peer ids `region_id << 20 | store_id` (store
+/// ids must stay below 2^20).
+pub fn initial_regions(store_ids: &[u64], split_keys: &[Bytes]) -> Vec<RegionMeta> {
+    let n = split_keys.len() + 1;
+    (0..n)
+        .map(|i| {
+            let region_id = i as u64 + 1;
+            RegionMeta {
+                region_id,
+                start_key: if i == 0 {
+                    Bytes::new()
+                } else {
+                    split_keys[i - 1].clone()
+                },
+                end_key: split_keys.get(i).cloned().unwrap_or_default(),
+                epoch: Epoch {
+                    conf_version: 1,
+                    version: 1,
+                },
+                peers: store_ids
+                    .iter()
+                    .map(|s| Peer {
+                        peer_id: (region_id << 20) | s,
+                        store_id: *s,
+                        role: PeerRole::Voter,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// Splits off and checks the trailing crc32; returns the body it covers.
@@ -209,7 +248,11 @@ mod tests {
         let m = sample();
         assert_eq!(RegionMeta::decode(&m.encode()).unwrap(), m);
         assert!(m.contains(b"b") && m.contains(b"lzz") && !m.contains(b"m") && !m.contains(b"a"));
-        assert!(m.contains_range(b"c", b"m") && !m.contains_range(b"c", b"") && !m.contains_range(b"c", b"n"));
+        assert!(
+            m.contains_range(b"c", b"m")
+                && !m.contains_range(b"c", b"")
+                && !m.contains_range(b"c", b"n")
+        );
     }
 
     #[test]

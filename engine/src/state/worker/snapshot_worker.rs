@@ -158,6 +158,21 @@ impl std::fmt::Debug for BuiltSnapshot {
 }
 
 impl BuiltSnapshot {
+    /// A built snapshot over chunks made elsewhere (a [`SnapshotBuilder`] over any
+    /// [`crate::state::snapshot::SnapshotSource`]), held in memory: lets transports and
+    /// simulators stream real chunks without a state store.
+    pub fn from_chunks(
+        meta: SnapshotMeta,
+        state: RegionState,
+        chunks: Vec<Bytes>,
+    ) -> BuiltSnapshot {
+        BuiltSnapshot {
+            meta,
+            state,
+            chunks: ChunkStore::Memory(chunks),
+        }
+    }
+
     /// Whether the chunks are held in memory (else they are rebuilt on demand).
     pub fn in_memory(&self) -> bool {
         matches!(self.chunks, ChunkStore::Memory(_))

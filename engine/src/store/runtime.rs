@@ -1,0 +1,437 @@
+//! [`Store`]: one store on one device, running. Opens the device, reconciles the log with the
+//! state store, starts the log writer, apply and snapshot threads, and drives the
+//! [`StoreLoop`] from its own thread.
+//!
+//! Threads of a store: the raft loop (this module), the log writer
+//! ([`crate::log::LogWriterThread`]), the apply worker and the snapshot worker. The loop never
+//! waits on any of them: it hands work over bounded channels and hears back through events.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use raftlog::{HardState, Storage};
+use tracing::{info, info_span, warn};
+
+use super::api::{StoreEvent, StoreRouter, Transport};
+use super::config::StoreConfig;
+use super::raft_loop::{init_region_records, init_region_state, LogSink, PeerOrigin, StoreLoop};
+use super::region::RegionMeta;
+use crate::device::{open_store, OpenOptions};
+use crate::error::{EngineError, Result};
+use crate::log::{LogBatch, LogConfig, LogStore, LogWriterThread, RegionLog};
+use crate::metrics::StoreMetrics;
+use crate::state::worker::{ApplyConfig, ApplyWorker, SnapshotConfig, SnapshotWorker};
+use crate::state::{StateConfig, StateStore};
+
+/// Everything needed to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The device (block device or regular file).
+    pub path: PathBuf,
+    /// How to open it.
+    pub open: OpenOptions,
+    /// The log's options (`device_label` is set from `path`).
+    pub log: LogConfig,
+    /// The state store's options.
+    pub state: StateConfig,
+    /// The apply worker's options.
+    pub apply: ApplyConfig,
+    /// The snapshot worker's options.
+    pub snapshot: SnapshotConfig,
+    /// The raft loop's options (`store_id` is taken from the superblock).
+    pub store: StoreConfig,
+    /// Capacity of the loop's event queue. Default 65,536: a burst of messages and requests
+    /// from many peers and clients; past it, requests get `Busy` and messages are dropped.
+    pub event_queue_len_max: usize,
+}
+
+impl StoreOptions {
+    /// Defaults for the device at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> StoreOptions {
+        let path = path.into();
+        let label = path.display().to_string();
+        StoreOptions {
+            log: LogConfig {
+                device_label: label.clone(),
+                ..LogConfig::default()
+            },
+            state: StateConfig::new(label),
+            path,
+            open: OpenOptions::default(),
+            apply: ApplyConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            store: StoreConfig::new(1),
+            event_queue_len_max: 65_536,
+        }
+    }
+}
+
+/// A running store. Stop it with [`Store::stop`] (a final checkpoint is written).
+pub struct Store {
+    store_id: u64,
+    router: StoreRouter,
+    metrics: Arc<StoreMetrics>,
+    join: Option<JoinHandle<Result<()>>>,
+}
+
+/// The log writer thread as the loop's [`LogSink`]: completions come back as
+/// [`StoreEvent::LogDone`] on an unbounded channel (never dropped; bounded in practice by the
+/// batches in flight).
+struct WriterSink {
+    writer: LogWriterThread,
+    done: Sender<StoreEvent>,
+}
+
+impl LogSink for WriterSink {
+    fn append(&mut self, batch_no: u64, batch: LogBatch) {
+        let done = self.done.clone();
+        let cb = Box::new(move |r: Result<()>| {
+            let _ = done.send(StoreEvent::LogDone {
+                batch_no,
+                result: r.map_err(|e| e.to_string()),
+            });
+        });
+        if let Err(e) = self.writer.append(batch, cb) {
+            let _ = self.done.send(StoreEvent::LogDone {
+                batch_no,
+                result: Err(e.to_string()),
+            });
+        }
+    }
+
+    fn compact_to(&mut self, region_id: u64, index: u64) {
+        if let Err(e) = self.writer.compact_to(region_id, index) {
+            warn!(region_id, index, %e, "log compaction not queued");
+        }
+    }
+
+    fn region_log(&self, region_id: u64) -> RegionLog {
+        self.writer.region_log(region_id)
+    }
+}
+
+/// A region found at open and how its peer starts.
+struct Found {
+    meta: RegionMeta,
+    origin: PeerOrigin,
+}
+
+/// Brings the log and the state store into agreement at open; returns the peers to start.
+///
+/// - A region in the state store but not in the log (a split child or a bootstrap whose log
+///   records were lost in a crash) gets its log started at the state's applied index.
+/// - A log whose commit index is below the state's applied index (entries were applied before
+///   the hard state carrying their commit was durable) has its commit raised: those entries
+///   were committed by the cluster and are in the log.
+/// - A region in the log only is either a peer created by a message and waiting for its first
+///   snapshot (empty configuration), or a split child whose parent will replay the split.
+fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Vec<Found>> {
+    let mut batch = LogBatch::new();
+    let mut found = Vec::new();
+    let log_regions = log.region_ids();
+    for region_id in state.region_ids() {
+        let st = state.region_state(region_id).expect("listed");
+        let meta = RegionMeta::decode(&st.meta).map_err(|e| EngineError::InvalidConfig {
+            key: "region metadata",
+            reason: format!("region {region_id}: {e}"),
+        })?;
+        if meta.peer_on_store(store_id).is_none() {
+            continue;
+        }
+        if !log_regions.contains(&region_id) {
+            batch.set_snapshot(region_id, st.applied_index, st.applied_term);
+            batch.set_hard_state(
+                region_id,
+                HardState {
+                    term: st.applied_term,
+                    vote: 0,
+                    commit: st.applied_index,
+                },
+            );
+            batch.set_conf_state(region_id, st.conf_state.clone());
+            batch.set_region_meta(region_id, st.meta.clone());
+        } else {
+            let rl = log.region_log(region_id);
+            if let Some(f) = rl.refusal() {
+                warn!(region_id, detail = %f.detail, "region's log is damaged; not serving it");
+                continue;
+            }
+            let rs = rl.initial_state().map_err(|e| EngineError::InvalidConfig {
+                key: "raft log",
+                reason: format!("region {region_id}: {e}"),
+            })?;
+            if rs.hard_state.commit < st.applied_index {
+                let mut hs = rs.hard_state;
+                hs.commit = st.applied_index;
+                hs.term = hs.term.max(st.applied_term);
+                batch.set_hard_state(region_id, hs);
+            }
+        }
+        found.push(Found {
+            meta,
+            origin: PeerOrigin::Initialized {
+                applied_index: st.applied_index,
+            },
+        });
+    }
+    for region_id in log_regions {
+        if state.region_state(region_id).is_some() {
+            continue;
+        }
+        let rl = log.region_log(region_id);
+        let Some(meta) = rl.region_meta().and_then(|b| RegionMeta::decode(&b).ok()) else {
+            continue;
+        };
+        if meta.peer_on_store(store_id).is_none() || rl.refusal().is_some() {
+            continue;
+        }
+        let Ok(rs) = rl.initial_state() else {
+            continue;
+        };
+        let origin = if rs.conf_state.voters.is_empty() && rs.conf_state.learners.is_empty() {
+            PeerOrigin::Uninitialized
+        } else {
+            PeerOrigin::AwaitingSplit
+        };
+        found.push(Found { meta, origin });
+    }
+    if !batch.is_empty() {
+        log.write_sync(batch)?;
+    }
+    Ok(found)
+}
+
+/// Creates the initial regions of a new cluster in an empty store: state first (made durable
+/// by a checkpoint), then the logs. A crash between the two is repaired by [`reconcile`].
+fn bootstrap(log: &mut LogStore, state: &mut StateStore, regions: &[RegionMeta]) -> Result<()> {
+    for meta in regions {
+        state.create_region(init_region_state(meta))?;
+    }
+    state.checkpoint()?;
+    let mut batch = LogBatch::new();
+    for meta in regions {
+        init_region_records(&mut batch, meta);
+    }
+    log.write_sync(batch)?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens the store on `opts.path` and starts its threads. `initial_regions`: the regions
+    /// of a new cluster, created if this store has none yet (only their peers on this store
+    /// matter). Messages go out through `transport`; give [`Store::router`] to the transport
+    /// for messages coming in.
+    pub fn open(
+        mut opts: StoreOptions,
+        transport: Arc<dyn Transport>,
+        initial_regions: &[RegionMeta],
+    ) -> Result<Store> {
+        let handles = open_store(&opts.path, &opts.open)?;
+        let (mut log, report) = LogStore::open(handles.log, opts.log.clone())?;
+        let sb = *log.superblock();
+        let store_id = sb.store_id;
+        opts.store.store_id = store_id;
+        opts.store.validate()?;
+        if opts.store.rng_seed == 0 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            opts.store.rng_seed = nanos ^ store_id;
+        }
+        let span = info_span!("store", store_id);
+        let _g = span.enter();
+        info!(path = %opts.path.display(), scanned_bytes = report.bytes_scanned, elapsed_ms = report.elapsed.as_millis() as u64, "log recovered");
+        let mut state = StateStore::open(
+            handles.state_write,
+            handles.state_read,
+            &sb,
+            opts.state.clone(),
+        )?;
+        let mine: Vec<RegionMeta> = initial_regions
+            .iter()
+            .filter(|m| m.peer_on_store(store_id).is_some())
+            .cloned()
+            .collect();
+        if !mine.is_empty() && state.region_ids().is_empty() && log.region_ids().is_empty() {
+            info!(
+                regions = mine.len(),
+                "bootstrapping a new cluster's regions"
+            );
+            bootstrap(&mut log, &mut state, &mine)?;
+        }
+        let found = reconcile(&mut log, &state, store_id)?;
+        let writer = LogWriterThread::spawn(log)?;
+        let apply = ApplyWorker::spawn(state, opts.apply.clone())?;
+        let snapshots = SnapshotWorker::spawn(opts.snapshot.clone(), apply.sender(), None)?;
+        let metrics = Arc::new(StoreMetrics::new());
+        let (tx, rx) = bounded(opts.event_queue_len_max);
+        let (done_tx, done_rx) = unbounded();
+        let sink = WriterSink {
+            writer,
+            done: done_tx,
+        };
+        let mut lp = StoreLoop::new(
+            opts.store.clone(),
+            transport,
+            Box::new(sink),
+            apply.sender(),
+            snapshots.handle(),
+            Arc::clone(&metrics),
+        );
+        let single = |m: &RegionMeta| m.peers.len() == 1;
+        for f in found {
+            let campaign = single(&f.meta);
+            lp.add_peer(f.meta, f.origin, campaign)?;
+        }
+        info!(regions = lp.region_count(), "store open");
+        let router = StoreRouter::new(store_id, tx);
+        let tick = opts.store.tick_interval;
+        let join = std::thread::Builder::new()
+            .name(format!("basalt-raft-{store_id}"))
+            .spawn(move || {
+                let span = info_span!("store", store_id);
+                let _g = span.enter();
+                run(lp, rx, done_rx, apply, snapshots, tick)
+            })
+            .map_err(|source| EngineError::ThreadSpawn {
+                thread: "raft loop",
+                source,
+            })?;
+        Ok(Store {
+            store_id,
+            router,
+            metrics,
+            join: Some(join),
+        })
+    }
+
+    /// The store's id.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// The handle that posts events to the loop.
+    pub fn router(&self) -> StoreRouter {
+        self.router.clone()
+    }
+
+    /// The store's metrics.
+    pub fn metrics(&self) -> Arc<StoreMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Stops the loop and the workers; the state store writes a final checkpoint.
+    pub fn stop(mut self) -> Result<()> {
+        self.router.stop();
+        match self.join.take() {
+            Some(j) => j.join().map_err(|_| EngineError::WorkerStopped {
+                worker: "raft loop",
+            })?,
+            None => Ok(()),
+        }
+    }
+
+    /// Path of a store's device, for messages.
+    pub fn describe(path: &Path) -> String {
+        path.display().to_string()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(j) = self.join.take() {
+            self.router.stop();
+            let _ = j.join();
+        }
+    }
+}
+
+/// The loop thread: wait for anything (or the next tick), take everything that is ready, then
+/// flush once, so many events share one log write.
+fn run(
+    mut lp: StoreLoop,
+    rx: Receiver<StoreEvent>,
+    done_rx: Receiver<StoreEvent>,
+    apply: ApplyWorker,
+    snapshots: SnapshotWorker,
+    tick: Duration,
+) -> Result<()> {
+    let apply_events = apply.events().clone();
+    let snapshot_events = snapshots.events().clone();
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        select! {
+            recv(done_rx) -> ev => if let Ok(ev) = ev { lp.handle_event(ev) },
+            recv(rx) -> ev => match ev {
+                Ok(ev) => lp.handle_event(ev),
+                Err(_) => lp.handle_event(StoreEvent::Stop),
+            },
+            recv(apply_events) -> ev => if let Ok(ev) = ev { lp.handle_apply_event(ev) },
+            recv(snapshot_events) -> ev => if let Ok(ev) = ev { lp.handle_snapshot_event(ev) },
+            default(timeout) => {},
+        }
+        // Take whatever else is ready, bounded so ticks stay on time under load.
+        for _ in 0..4096 {
+            let mut any = false;
+            if let Ok(ev) = done_rx.try_recv() {
+                lp.handle_event(ev);
+                any = true;
+            }
+            if let Ok(ev) = apply_events.try_recv() {
+                lp.handle_apply_event(ev);
+                any = true;
+            }
+            if let Ok(ev) = snapshot_events.try_recv() {
+                lp.handle_snapshot_event(ev);
+                any = true;
+            }
+            if let Ok(ev) = rx.try_recv() {
+                lp.handle_event(ev);
+                any = true;
+            }
+            if !any {
+                break;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            lp.handle_tick();
+            next_tick += tick;
+            if next_tick < now {
+                next_tick = now + tick;
+            }
+        }
+        lp.flush();
+        if lp.is_stopping() {
+            break;
+        }
+    }
+    // Let the log finish what is in flight, so acknowledged Readies are durable and answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lp.is_idle() && Instant::now() < deadline && lp.failure().is_none() {
+        if let Ok(ev) = done_rx.recv_timeout(Duration::from_millis(50)) {
+            lp.handle_event(ev);
+        }
+        while let Ok(ev) = apply_events.try_recv() {
+            lp.handle_apply_event(ev);
+        }
+        lp.flush();
+    }
+    lp.fail_all_pending();
+    drop(snapshots);
+    // Drain events while the apply worker finishes its queue and the final checkpoint.
+    let stopper = std::thread::spawn(move || apply.stop());
+    while !stopper.is_finished() {
+        let _ = apply_events.recv_timeout(Duration::from_millis(20));
+    }
+    let r = stopper
+        .join()
+        .map_err(|_| EngineError::WorkerStopped { worker: "apply" })?;
+    drop(lp);
+    r.map(|_| ())
+}
