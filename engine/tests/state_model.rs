@@ -33,7 +33,10 @@ impl Run {
             Entry::Empty
         } else {
             let cmd = random_command(&mut self.rng, &self.model.regions[&r].1);
-            let got = store.apply(r, index, 1, &cmd).expect("apply").expect("no session");
+            let got = store
+                .apply(r, index, 1, &cmd)
+                .expect("apply")
+                .expect("no session");
             let e = Entry::Cmd(cmd);
             let want = self.model.apply(r, index, &e);
             assert_eq!(got, want, "results at region {r} index {index}");
@@ -189,7 +192,9 @@ fn flipped_bit_in_a_value_block_is_detected() {
                 sequence: 1,
                 ops,
             },
-        ).unwrap().unwrap();
+        )
+        .unwrap()
+        .unwrap();
     store.checkpoint().unwrap();
     assert_eq!(store.scan(1, b"", None, 100).unwrap().len(), 50);
     let seg = store
@@ -337,9 +342,15 @@ fn a_damaged_newest_root_falls_back_to_the_older_checkpoint() {
     let (mut sim, sb) = device(13, 16);
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
-    store.apply(1, 1, 1, &put_cmd(1, 0..20, 1)).unwrap().unwrap();
+    store
+        .apply(1, 1, 1, &put_cmd(1, 0..20, 1))
+        .unwrap()
+        .unwrap();
     store.checkpoint().unwrap();
-    store.apply(1, 2, 1, &put_cmd(2, 10..30, 2)).unwrap().unwrap();
+    store
+        .apply(1, 2, 1, &put_cmd(2, 10..30, 2))
+        .unwrap()
+        .unwrap();
     store.checkpoint().unwrap();
     drop(store);
     // The second root went to copy 1.
@@ -356,7 +367,10 @@ fn a_damaged_checkpoint_fails_open_instead_of_starting_empty() {
     let (mut sim, sb) = device(17, 16);
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
-    store.apply(1, 1, 1, &put_cmd(1, 0..100, 1)).unwrap().unwrap();
+    store
+        .apply(1, 1, 1, &put_cmd(1, 0..100, 1))
+        .unwrap()
+        .unwrap();
     store.checkpoint().unwrap();
     let segments: Vec<u32> = store.segment_stats().iter().map(|s| s.segment).collect();
     drop(store);
@@ -396,7 +410,8 @@ fn a_full_partition_still_checkpoints_and_recovers_space() {
     for i in 0..50 {
         store
             .apply(1, index + i, 1, &put_cmd(index + i, 0..10, 7))
-            .expect("space recovered");
+            .expect("space recovered")
+            .expect("fresh");
         while store.compact_step().unwrap() {}
         if i % 10 == 9 {
             store.checkpoint().unwrap();

@@ -81,7 +81,10 @@ fn workload(path: &Path, backend: Backend) {
             sequence: round,
             ops,
         };
-        store.apply(1, round + 1, 1, &cmd).expect("apply").expect("fresh");
+        store
+            .apply(1, round + 1, 1, &cmd)
+            .expect("apply")
+            .expect("fresh");
         while store.compact_step().expect("compact") {}
         store.checkpoint().expect("checkpoint");
     }

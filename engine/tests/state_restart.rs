@@ -196,7 +196,10 @@ impl Node {
         *self.applied_since_open.entry(r).or_default() += 1;
         if e.entry_type == EntryType::EntryNormal && !e.data.is_empty() {
             let cmd = Command::decode(&e.data).expect("command");
-            self.state.apply(r, e.index, e.term, &cmd).expect("apply").expect("fresh");
+            self.state
+                .apply(r, e.index, e.term, &cmd)
+                .expect("apply")
+                .expect("fresh");
         } else {
             self.state
                 .set_applied(r, e.index, e.term)

@@ -135,8 +135,20 @@ fn region_state(meta: Bytes) -> RegionState {
             ..Default::default()
         },
         meta,
-        sessions: Default::default(),
+        sessions: sessions(),
     }
+}
+
+/// Two clients' sessions (the first chunk carries them).
+fn sessions() -> engine::state::SessionTable {
+    let mut t = engine::state::SessionTable::default();
+    let cas = engine::state::OpResult::Cas {
+        succeeded: false,
+        previous: Some(Bytes::from_static(b"found")),
+    };
+    t.record(3, 8, 100, &[engine::state::OpResult::Done, cas], 16);
+    t.record(4, 1, 110, &[], 16);
+    t
 }
 
 fn source_strategy() -> impl Strategy<Value = ModelSource> {
@@ -217,7 +229,7 @@ proptest! {
             let mut w = v.clone();
             let body = (w.len() - CHUNK_HEADER_LEN) as u32;
             w[..4].copy_from_slice(b"BSNC");
-            w[4] = 1;
+            w[4] = engine::state::snapshot::SNAPSHOT_FORMAT_VERSION;
             w[5] &= 3;
             w[6] = 0;
             w[7] = 0;

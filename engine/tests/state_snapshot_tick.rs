@@ -223,7 +223,10 @@ fn large_region(seed: u64) -> engine::state::StateStore {
             sequence: i,
             ops,
         };
-        store.apply(REGION, i, 1, &cmd).expect("apply");
+        store
+            .apply(REGION, i, 1, &cmd)
+            .expect("apply")
+            .expect("fresh");
     }
     store
 }

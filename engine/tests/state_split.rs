@@ -49,6 +49,7 @@ fn child_state(child: u64) -> RegionState {
         applied_term: 1,
         conf_state: raftlog::ConfState::from_voters(vec![1, 2, 3]),
         meta: Bytes::from(format!("child-{child}")),
+        sessions: Default::default(),
     }
 }
 
@@ -520,7 +521,10 @@ fn fill(store: &mut StateStore, r: u64, index: u64, keys: &[&str], v: u8) {
         sequence: index,
         ops,
     };
-    store.apply(r, index, 1, &cmd).expect("apply").expect("no session");
+    store
+        .apply(r, index, 1, &cmd)
+        .expect("apply")
+        .expect("no session");
 }
 
 #[test]

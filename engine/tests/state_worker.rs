@@ -317,7 +317,10 @@ fn checkpoint_steps_interleave_with_applies() {
     let (sim, sb) = device(9, 64);
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
-    store.apply(1, 1, 1, &bulk_puts(2000, b"v")).unwrap().unwrap();
+    store
+        .apply(1, 1, 1, &bulk_puts(2000, b"v"))
+        .unwrap()
+        .unwrap();
     let config = ApplyConfig {
         checkpoint_step_bytes: 4096,
         requests_per_step_max: 1,
@@ -367,7 +370,10 @@ fn checkpoint_trigger_grows_with_the_last_checkpoint() {
     let mut store = open(&sim, &sb);
     store.create_region(region_state(1)).unwrap();
     // 3000 keys: a checkpoint of about 3000 * 30 = 90 KB, well over the 8 KiB trigger.
-    store.apply(1, 1, 1, &bulk_puts(3000, b"v")).unwrap().unwrap();
+    store
+        .apply(1, 1, 1, &bulk_puts(3000, b"v"))
+        .unwrap()
+        .unwrap();
     let config = ApplyConfig {
         checkpoint_log_bytes: 8 * 1024,
         checkpoint_log_bytes_max: 1 << 30,

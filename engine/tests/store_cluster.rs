@@ -2,14 +2,17 @@
 //! on an in-process network. Writes replicate, a cut-off leader is replaced without losing an
 //! acknowledged write, a stopped store catches up from its log, a new store joins as a learner
 //! through a snapshot and is promoted, a peer is removed, leadership moves, and a split region
-//! serves both halves. Reads go through ReadIndex and are checked against what was written.
+//! serves both halves, also after every store crashed and replayed the split from its log.
+//! Reads go through ReadIndex and are checked against what was written. A retried command
+//! (same client id and sequence) is applied at most once, also after a leader change.
 
 mod store_harness;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::store::{AdminRequest, ClientResponse, PeerRole};
+use engine::state::{Op, OpResult};
+use engine::store::{AdminRequest, ClientResponse, PeerRole, RequestError};
 use store_harness::Cluster;
 
 const T: Duration = Duration::from_secs(20);
@@ -38,7 +41,11 @@ fn writes_replicate_and_survive_leader_loss() {
         c.put(&key(i), format!("v{i}").as_bytes());
     }
     for i in 0..60 {
-        assert_eq!(c.get(&key(i)).as_deref(), Some(format!("v{i}").as_bytes()), "key {i}");
+        assert_eq!(
+            c.get(&key(i)).as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "key {i}"
+        );
     }
     c.heal(old);
     c.stop_all();
@@ -64,8 +71,13 @@ fn stopped_store_restarts_and_catches_up() {
         .into_iter()
         .find(|r| r.meta.contains(b"key"))
         .expect("region on the follower");
-    c.admin(b"key", AdminRequest::TransferLeader { peer_id: info.peer_id })
-        .expect("transfer");
+    c.admin(
+        b"key",
+        AdminRequest::TransferLeader {
+            peer_id: info.peer_id,
+        },
+    )
+    .expect("transfer");
     let deadline = Instant::now() + T;
     while c.leader_of(b"key", T).map(|(s, _)| s) != Some(follower) {
         assert!(Instant::now() < deadline, "leadership moved");
@@ -86,7 +98,13 @@ fn learner_joins_by_snapshot_is_promoted_and_a_peer_is_removed() {
     }
     // Push the log past a checkpoint so the new peer must be caught up by snapshot.
     assert!(matches!(
-        c.admin(b"key", AdminRequest::AddPeer { store_id: 4, learner: true }),
+        c.admin(
+            b"key",
+            AdminRequest::AddPeer {
+                store_id: 4,
+                learner: true
+            }
+        ),
         Ok(ClientResponse::AdminDone)
     ));
     assert!(c.wait_applied(b"key", T), "learner caught up");
@@ -97,10 +115,18 @@ fn learner_joins_by_snapshot_is_promoted_and_a_peer_is_removed() {
         .expect("store 4 has the region");
     let me = r4.meta.peer_on_store(4).copied().expect("peer on 4");
     assert_eq!(me.role, PeerRole::Learner);
-    c.admin(b"key", AdminRequest::PromoteLearner { peer_id: me.peer_id })
-        .expect("promote");
+    c.admin(
+        b"key",
+        AdminRequest::PromoteLearner {
+            peer_id: me.peer_id,
+        },
+    )
+    .expect("promote");
     let (leader, info) = c.leader_of(b"key", T).expect("leader");
-    assert_eq!(info.meta.peer(me.peer_id).map(|p| p.role), Some(PeerRole::Voter));
+    assert_eq!(
+        info.meta.peer(me.peer_id).map(|p| p.role),
+        Some(PeerRole::Voter)
+    );
     // Remove a follower that is not store 4.
     let victim = info
         .meta
@@ -109,17 +135,31 @@ fn learner_joins_by_snapshot_is_promoted_and_a_peer_is_removed() {
         .find(|p| p.store_id != leader && p.store_id != 4)
         .copied()
         .expect("a follower");
-    c.admin(b"key", AdminRequest::RemovePeer { peer_id: victim.peer_id })
-        .expect("remove");
+    c.admin(
+        b"key",
+        AdminRequest::RemovePeer {
+            peer_id: victim.peer_id,
+        },
+    )
+    .expect("remove");
     let deadline = Instant::now() + T;
-    while c.regions(victim.store_id).iter().any(|r| r.meta.contains(b"key")) {
+    while c
+        .regions(victim.store_id)
+        .iter()
+        .any(|r| r.meta.contains(b"key"))
+    {
         assert!(Instant::now() < deadline, "removed peer destroyed");
         std::thread::sleep(Duration::from_millis(20));
     }
     c.put(b"key-after", b"z");
     // Store 4 can now lead and serve everything.
-    c.admin(b"key", AdminRequest::TransferLeader { peer_id: me.peer_id })
-        .expect("transfer");
+    c.admin(
+        b"key",
+        AdminRequest::TransferLeader {
+            peer_id: me.peer_id,
+        },
+    )
+    .expect("transfer");
     let deadline = Instant::now() + T;
     while c.leader_of(b"key", T).map(|(s, _)| s) != Some(4) {
         assert!(Instant::now() < deadline, "store 4 leads");
@@ -165,10 +205,16 @@ fn split_region_serves_both_halves() {
     // Every store has both regions.
     for s in 1..=3 {
         let ids: Vec<u64> = c.regions(s).iter().map(|r| r.meta.region_id).collect();
-        assert!(ids.contains(&left.meta.region_id) && ids.contains(&right.meta.region_id), "store {s}: {ids:?}");
+        assert!(
+            ids.contains(&left.meta.region_id) && ids.contains(&right.meta.region_id),
+            "store {s}: {ids:?}"
+        );
     }
-    // And after a restart of every store.
-    c.stop_all();
+    // And after every store crashed and restarted: the split is replayed from the log (the
+    // last checkpoint is older), the new region waiting for its parent's replay.
+    for s in 1..=3 {
+        c.crash_store(s);
+    }
     for s in 1..=3 {
         c.start_store(s);
     }
@@ -178,7 +224,65 @@ fn split_region_serves_both_halves() {
         } else {
             format!("v{i}")
         };
-        assert_eq!(c.get(&key(i)).as_deref(), Some(want.as_bytes()), "key {i} after restart");
+        assert_eq!(
+            c.get(&key(i)).as_deref(),
+            Some(want.as_bytes()),
+            "key {i} after restart"
+        );
     }
+    c.stop_all();
+}
+
+fn put_op(k: &[u8], v: &[u8]) -> Op {
+    Op::Put {
+        key: Bytes::copy_from_slice(k),
+        value: Bytes::copy_from_slice(v),
+    }
+}
+
+#[test]
+fn retried_commands_apply_at_most_once() {
+    let mut c = Cluster::start(3, 3, 1);
+    c.write_as(9, 1, vec![put_op(b"k", b"v0")], T).expect("put");
+    let cas = Op::Cas {
+        key: Bytes::from_static(b"k"),
+        expected: Some(Bytes::from_static(b"v0")),
+        new: Some(Bytes::from_static(b"v1")),
+    };
+    let first = c.write_as(9, 2, vec![cas.clone()], T).expect("cas");
+    assert_eq!(
+        first,
+        ClientResponse::Written(vec![OpResult::Cas {
+            succeeded: true,
+            previous: Some(Bytes::from_static(b"v0")),
+        }])
+    );
+    c.write_as(9, 3, vec![put_op(b"k", b"v3")], T).expect("put");
+    c.write_as(10, 1, vec![put_op(b"k", b"v4")], T)
+        .expect("other client");
+    // The retry of sequence 3 must not put v3 back over v4; it answers as the first time.
+    assert_eq!(
+        c.write_as(9, 3, vec![put_op(b"k", b"v3")], T),
+        Ok(ClientResponse::Written(vec![OpResult::Done]))
+    );
+    assert_eq!(c.get(b"k").as_deref(), Some(&b"v4"[..]));
+    // An older sequence is refused, not applied.
+    assert!(matches!(
+        c.write_as(9, 2, vec![cas], T),
+        Err(RequestError::AlreadyApplied {
+            sequence: 2,
+            last: 3,
+            ..
+        })
+    ));
+    // After the leader changes, the new leader's replica refuses the retry just the same.
+    let (old, _) = c.leader_of(b"k", T).expect("leader");
+    c.isolate(old);
+    assert_eq!(
+        c.write_as(9, 3, vec![put_op(b"k", b"v3")], T),
+        Ok(ClientResponse::Written(vec![OpResult::Done]))
+    );
+    assert_eq!(c.get(b"k").as_deref(), Some(&b"v4"[..]));
+    c.heal(old);
     c.stop_all();
 }

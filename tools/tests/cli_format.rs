@@ -212,6 +212,7 @@ fn inspect_reports_and_verifies_the_state_checkpoint() {
                 ops,
             },
         )
+        .unwrap()
         .unwrap();
         st.checkpoint().unwrap();
     }

@@ -48,9 +48,14 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
     c.restart_node(old);
     assert!(c.wait_applied(b"k", T), "restarted node caught up");
     let st = c.status(old).expect("status");
-    let r = st.regions.iter().find(|r| r.info.region_id == 1).expect("region 1");
+    let r = st
+        .regions
+        .iter()
+        .find(|r| r.info.region_id == 1)
+        .expect("region 1");
     let peer_id = r.peer_id;
-    c.admin(b"k", AdminOp::TransferLeader { peer_id }).expect("transfer");
+    c.admin(b"k", AdminOp::TransferLeader { peer_id })
+        .expect("transfer");
     let deadline = Instant::now() + T;
     while c.leader_of(b"k", T).map(|(i, _)| i) != Some(old) {
         assert!(Instant::now() < deadline, "node {old} leads again");
@@ -58,7 +63,11 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
     }
     for i in 0..40 {
         let want = if i < 30 { val(i, 0) } else { val(i, 1) };
-        assert_eq!(c.get(&key(i)).as_deref(), Some(want.as_slice()), "key {i} via node {old}");
+        assert_eq!(
+            c.get(&key(i)).as_deref(),
+            Some(want.as_slice()),
+            "key {i} via node {old}"
+        );
     }
     c.stop_all();
 }
@@ -78,19 +87,44 @@ fn five_nodes_learner_promote_remove_transfer_split() {
         before.info.peers
     );
     assert_eq!(
-        c.admin(b"k", AdminOp::AddPeer { store_id: 5, learner: true }),
+        c.admin(
+            b"k",
+            AdminOp::AddPeer {
+                store_id: 5,
+                learner: true
+            }
+        ),
         Ok(Response::AdminDone)
     );
     assert!(c.wait_applied(b"k", T), "learner caught up");
     let st5 = c.status(5).expect("node 5 status");
-    let r5 = st5.regions.iter().find(|r| r.info.region_id == 1).expect("node 5 has region 1");
-    let me = r5.info.peers.iter().find(|p| p.store_id == 5).copied().expect("peer on 5");
+    let r5 = st5
+        .regions
+        .iter()
+        .find(|r| r.info.region_id == 1)
+        .expect("node 5 has region 1");
+    let me = r5
+        .info
+        .peers
+        .iter()
+        .find(|p| p.store_id == 5)
+        .copied()
+        .expect("peer on 5");
     assert!(me.learner);
-    c.admin(b"k", AdminOp::PromoteLearner { peer_id: me.peer_id })
-        .expect("promote");
+    c.admin(
+        b"k",
+        AdminOp::PromoteLearner {
+            peer_id: me.peer_id,
+        },
+    )
+    .expect("promote");
     // Remove a voter that is not the leader and not node 5.
     let (leader, info) = c.leader_of(b"k", T).expect("leader");
-    assert!(info.info.peers.iter().any(|p| p.peer_id == me.peer_id && !p.learner));
+    assert!(info
+        .info
+        .peers
+        .iter()
+        .any(|p| p.peer_id == me.peer_id && !p.learner));
     let victim = info
         .info
         .peers
@@ -98,8 +132,13 @@ fn five_nodes_learner_promote_remove_transfer_split() {
         .find(|p| p.store_id as usize != leader && p.store_id != 5)
         .copied()
         .expect("a follower");
-    c.admin(b"k", AdminOp::RemovePeer { peer_id: victim.peer_id })
-        .expect("remove");
+    c.admin(
+        b"k",
+        AdminOp::RemovePeer {
+            peer_id: victim.peer_id,
+        },
+    )
+    .expect("remove");
     let deadline = Instant::now() + T;
     while c
         .status(victim.store_id as usize)
@@ -109,8 +148,13 @@ fn five_nodes_learner_promote_remove_transfer_split() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Leadership moves to node 5, which serves every write made before it joined.
-    c.admin(b"k", AdminOp::TransferLeader { peer_id: me.peer_id })
-        .expect("transfer");
+    c.admin(
+        b"k",
+        AdminOp::TransferLeader {
+            peer_id: me.peer_id,
+        },
+    )
+    .expect("transfer");
     let deadline = Instant::now() + T;
     while c.leader_of(b"k", T).map(|(i, _)| i) != Some(5) {
         assert!(Instant::now() < deadline, "node 5 leads");
@@ -173,7 +217,10 @@ fn peers_and_clients_with_another_ca_are_refused() {
     let rogue_node = tools::node::Node::start(&cfg).expect("rogue starts");
     std::thread::sleep(Duration::from_secs(2));
     let after = c.leader_of(b"k1", T).expect("leader").1;
-    assert_eq!(before.term, after.term, "the rogue node disturbed the cluster");
+    assert_eq!(
+        before.term, after.term,
+        "the rogue node disturbed the cluster"
+    );
     c.put(b"k2", b"v2");
     assert_eq!(c.get(b"k1").as_deref(), Some(&b"v1"[..]));
     rogue_node.stop().expect("rogue stops");

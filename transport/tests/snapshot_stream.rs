@@ -117,7 +117,7 @@ fn pair() -> Pair {
 fn incoming(rx: &Receiver<StoreEvent>) -> IncomingSnapshot {
     loop {
         if let StoreEvent::Snapshot(s) = rx.recv_timeout(HANG_GUARD).expect("snapshot arrives") {
-            return s;
+            return *s;
         }
     }
 }

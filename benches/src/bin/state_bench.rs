@@ -160,6 +160,7 @@ fn bench_apply(store: &mut StateStore, first_region: u64, regions: u64, ops: u64
         let cmd = Command::decode(data).unwrap_or_else(|e| die(&e.to_string()));
         store
             .apply(first_region + r, index[r as usize], 1, &cmd)
+            .unwrap_or_else(|e| die(&e.to_string()))
             .unwrap_or_else(|e| die(&e.to_string()));
     }
     ops as f64 / started.elapsed().as_secs_f64()
@@ -193,6 +194,7 @@ fn load(store: &mut StateStore, region_id: u64, keys: u64) -> f64 {
                     ops,
                 },
             )
+            .unwrap_or_else(|e| die(&e.to_string()))
             .unwrap_or_else(|e| die(&e.to_string()));
         i += n;
     }

@@ -291,7 +291,12 @@ impl LogIndex {
         if index < r.first_index {
             return;
         }
-        if index >= r.last_index() {
+        // A snapshot installed over a log whose entry at `index` has another term: the whole
+        // log conflicts with the snapshot (Raft discards it), so nothing of it survives. A
+        // compaction always names the term the entry has, so it never takes this branch.
+        let conflicts =
+            index < r.last_index() && r.locs[(index - r.first_index) as usize].term != term;
+        if index >= r.last_index() || conflicts {
             truncate_from(r, r.first_index, &mut self.cache_bytes);
             r.compacted_term = term;
         } else {

@@ -723,6 +723,16 @@ mod fuzz {
             b.extend_from_slice(&0u32.to_le_bytes());
         }
         b.extend_from_slice(&0u32.to_le_bytes());
+        // One session: client 9, sequence 4, index 8, results [Done, Cas { false, "x" }].
+        b.push(item::SESSIONS);
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        for v in [9u64, 4, 8] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let results = [2, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 1, 1, 0, 0, 0, b'x'];
+        b.extend_from_slice(&(results.len() as u32).to_le_bytes());
+        b.extend_from_slice(&results);
         b.push(item::ENTRIES);
         b.extend_from_slice(&7u64.to_le_bytes());
         b.extend_from_slice(&1u32.to_le_bytes());
@@ -742,7 +752,15 @@ mod fuzz {
 
     #[test]
     fn the_sample_body_decodes() {
-        assert!(decode_body(&sample_body()).is_ok());
+        let loaded = decode_body(&sample_body()).expect("valid");
+        let s = loaded.regions[0].state.sessions.get(9).expect("session");
+        assert_eq!((s.sequence, s.index), (4, 8));
+        let previous = Some(Bytes::from_static(b"x"));
+        let cas = crate::state::OpResult::Cas {
+            succeeded: false,
+            previous,
+        };
+        assert_eq!(s.results(), Some(vec![crate::state::OpResult::Done, cas]));
     }
 
     proptest! {

@@ -70,6 +70,10 @@ pub struct Session {
 }
 
 impl Session {
+    fn encoded_len(&self) -> usize {
+        SESSION_HEADER_LEN + self.results.as_ref().map_or(0, Bytes::len)
+    }
+
     /// The results of the command, if they were kept.
     pub fn results(&self) -> Option<Vec<OpResult>> {
         self.results.as_ref().map(|b| {
@@ -85,6 +89,9 @@ pub struct SessionTable {
     /// `(index, client id)` of every session, for eviction in index order.
     /// Invariant: holds exactly one pair per entry of `clients`.
     by_index: BTreeSet<(u64, u64)>,
+    /// Bytes of the encoded form of every session. Invariant: the sum of `encoded_len` of
+    /// the sessions in `clients`.
+    bytes: usize,
 }
 
 /// What a session says about a command.
@@ -158,7 +165,9 @@ impl SessionTable {
                 let Some((_, evicted)) = self.by_index.pop_first() else {
                     break;
                 };
-                self.clients.remove(&evicted);
+                if let Some(old) = self.clients.remove(&evicted) {
+                    self.bytes -= old.encoded_len();
+                }
             }
         }
         let session = Session {
@@ -171,10 +180,12 @@ impl SessionTable {
 
     /// Inserts or replaces a session as it is (decoding; no eviction).
     fn insert(&mut self, client_id: u64, session: Session) {
-        if let Some(old) = self.clients.insert(client_id, session.clone()) {
-            self.by_index.remove(&(old.index, client_id));
-        }
+        self.bytes += session.encoded_len();
         self.by_index.insert((session.index, client_id));
+        if let Some(old) = self.clients.insert(client_id, session) {
+            self.by_index.remove(&(old.index, client_id));
+            self.bytes -= old.encoded_len();
+        }
         debug_assert_eq!(self.by_index.len(), self.clients.len());
     }
 
@@ -193,7 +204,7 @@ impl SessionTable {
         let mut count = 0u32;
         let mut last = None;
         for (&client_id, s) in self.clients.range((lo, Bound::Unbounded)) {
-            let len = SESSION_HEADER_LEN + s.results.as_ref().map_or(0, Bytes::len);
+            let len = s.encoded_len();
             if count > 0 && out.len() - start + len > max_bytes {
                 break;
             }
@@ -212,7 +223,9 @@ impl SessionTable {
         count: u32,
     ) -> std::result::Result<usize, SessionFormatError> {
         if count as usize > b.len() / SESSION_HEADER_LEN {
-            return Err(SessionFormatError("session count overruns the bytes present"));
+            return Err(SessionFormatError(
+                "session count overruns the bytes present",
+            ));
         }
         let mut pos = 0;
         for _ in 0..count {
@@ -223,12 +236,16 @@ impl SessionTable {
         Ok(pos)
     }
 
-    /// Bytes of the encoded form of every session.
+    /// Bytes of the encoded form of every session (O(1)).
     pub(crate) fn encoded_len(&self) -> usize {
-        self.clients
-            .values()
-            .map(|s| SESSION_HEADER_LEN + s.results.as_ref().map_or(0, Bytes::len))
-            .sum()
+        debug_assert_eq!(
+            self.bytes,
+            self.clients
+                .values()
+                .map(Session::encoded_len)
+                .sum::<usize>()
+        );
+        self.bytes
     }
 }
 

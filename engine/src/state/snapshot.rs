@@ -363,7 +363,11 @@ fn encode_state(out: &mut BytesMut, state: &RegionState, total_keys: u64) {
 fn encoded_state_len(state: &RegionState) -> usize {
     let cs = &state.conf_state;
     let peers = cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len();
-    8 + 1 + 16 + 8 * (peers + cs.learners_next.len()) + 4 + state.meta.len()
+    8 + 1
+        + 16
+        + 8 * (peers + cs.learners_next.len())
+        + 4
+        + state.meta.len()
         + 4
         + state.sessions.encoded_len()
 }

@@ -8,11 +8,11 @@ use bytes::Bytes;
 
 use super::checkpoint::CheckpointState;
 use super::command::{Command, CommandOutcome, Op, OpResult};
-use super::session::Verdict;
 use super::compact::CompactCursor;
 use super::index::{estimate_bytes, Key, RegionIndex};
 use super::record;
 use super::segments::{Pin, SegmentState, SegmentTable, StreamGeometry};
+use super::session::Verdict;
 use super::stream::{decode_checked, StateReader, StreamWriter};
 use super::{InstallId, RegionState, SegmentStats, StateConfig, ValueLoc};
 use crate::error::{EngineError, Result};
@@ -377,10 +377,17 @@ impl StateStore {
     }
 
     /// Free segments kept for the next checkpoint: its estimated size (entries at about
-    /// [`CHECKPOINT_BYTES_PER_KEY_EST`] bytes, plus region states) in segments, plus one.
+    /// [`CHECKPOINT_BYTES_PER_KEY_EST`] bytes, plus region states and their sessions) in
+    /// segments, plus one.
     pub(crate) fn checkpoint_reserve_segments(&self) -> usize {
         let keys: u64 = self.regions.values().map(|r| r.index.len() as u64).sum();
-        let bytes = keys * CHECKPOINT_BYTES_PER_KEY_EST + self.regions.len() as u64 * 256;
+        let sessions: u64 = self
+            .regions
+            .values()
+            .map(|r| r.state.sessions.encoded_len() as u64)
+            .sum();
+        let bytes =
+            keys * CHECKPOINT_BYTES_PER_KEY_EST + self.regions.len() as u64 * 256 + sessions;
         bytes.div_ceil(super::stream::record_area(&self.sg)) as usize + 1
     }
 

@@ -6,7 +6,9 @@
 //! Takes [`ApplyRequest`]s from a bounded channel and answers with [`ApplyEvent`]s. Entries of
 //! a region are applied in index order: an entry at or below the region's applied index is
 //! skipped (a replay after restart), one beyond `applied + 1` is refused as a gap. A normal
-//! entry with data is decoded as a [`Command`] and applied atomically with its index; an empty
+//! entry with data is decoded as a [`Command`] and applied atomically with its index (at most
+//! once per client and sequence: a retry answers its first results or
+//! [`CommandError::Duplicate`], see [`super::session`]); an empty
 //! entry or a conf change only advances the applied index (and records the conf state the owner
 //! computed for it, see [`ApplyTask::conf_states`]). A command that does not decode is applied
 //! as a no-op (every replica sees the same bytes, so they all agree) and reported as refused.
@@ -262,6 +264,9 @@ pub enum ApplyRequest {
     },
     /// Start a checkpoint now (if none is running).
     Checkpoint,
+    /// Stop at once, without the final checkpoint (what a killed process leaves behind: the
+    /// state of the last checkpoint, and the log). Sent by [`ApplyWorker::halt`].
+    Halt,
     /// Stop once the requests queued before this one are handled (sent by
     /// [`ApplyWorker::stop`] and on drop, so the worker stops even while other senders, such
     /// as a snapshot worker's, are still connected).
@@ -428,6 +433,19 @@ impl ApplyWorker {
     }
 }
 
+impl ApplyWorker {
+    /// Stops the worker at once, without the final checkpoint: for tests that kill a store as
+    /// a crash would (requests still queued are dropped).
+    pub fn halt(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(ApplyRequest::Halt);
+        }
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
 impl Drop for ApplyWorker {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
@@ -453,6 +471,8 @@ struct ApplyLoop {
     /// Set once the request channel closed: the owner may be joining the thread rather than
     /// reading events, so events that do not fit are dropped instead of waited for.
     stopping: bool,
+    /// Set by [`ApplyRequest::Halt`]: stop without the final checkpoint.
+    halted: bool,
 }
 
 /// Whether the loop goes on after a request.
@@ -470,6 +490,7 @@ impl ApplyLoop {
             compaction_wanted: true,
             installs: HashMap::new(),
             stopping: false,
+            halted: false,
         }
     }
 
@@ -495,6 +516,9 @@ impl ApplyLoop {
                 self.emit(ApplyEvent::Failed(e));
                 return Err(APPLY_STOPPED);
             }
+        }
+        if self.halted {
+            return Ok(self.store);
         }
         self.abort_installs();
         if let Err(e) = self.final_checkpoint() {
@@ -523,6 +547,10 @@ impl ApplyLoop {
             let more = rx.try_iter().take(self.config.requests_per_step_max - 1);
             for req in first.into_iter().chain(more) {
                 if matches!(req, ApplyRequest::Stop) {
+                    return Ok(());
+                }
+                if matches!(req, ApplyRequest::Halt) {
+                    self.halted = true;
                     return Ok(());
                 }
                 self.handle(req)?;
@@ -673,7 +701,7 @@ impl ApplyLoop {
                     self.applied_bytes_since_checkpoint = 0;
                 }
             }
-            ApplyRequest::Stop => {} // handled by `serve`
+            ApplyRequest::Stop | ApplyRequest::Halt => {} // handled by `serve`
         }
         Ok(())
     }

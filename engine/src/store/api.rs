@@ -211,6 +211,20 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
+    /// The command's (client id, sequence) was already applied and its results are no longer
+    /// kept (an older sequence than the client's last, or results too large to keep): it was
+    /// not applied again. Not retryable.
+    #[error(
+        "client {client_id} sequence {sequence} already applied (last applied sequence {last})"
+    )]
+    AlreadyApplied {
+        /// The client.
+        client_id: u64,
+        /// The command's sequence.
+        sequence: u64,
+        /// The client's last applied sequence.
+        last: u64,
+    },
     /// The store is stopping.
     #[error("store stopping")]
     Stopping,
@@ -284,7 +298,7 @@ pub enum StoreEvent {
     /// Raft messages from another store.
     Raft(Vec<RaftMessage>),
     /// A snapshot stream from another store.
-    Snapshot(IncomingSnapshot),
+    Snapshot(Box<IncomingSnapshot>),
     /// A client request.
     Request(ClientRequest, Reply),
     /// The transport could not reach a store.
@@ -310,6 +324,9 @@ pub enum StoreEvent {
     },
     /// Stop: final checkpoint, then the loop exits.
     Stop,
+    /// Stop at once, as a killed process would: no answers to waiting requests, no final
+    /// checkpoint (tests of crash recovery).
+    Halt,
 }
 
 /// A cloneable handle that posts events to a store's raft loop. Posting never blocks: when the
@@ -339,7 +356,7 @@ impl StoreRouter {
 
     /// Delivers an incoming snapshot stream. If the loop cannot take it, it is rejected.
     pub fn deliver_snapshot(&self, snapshot: IncomingSnapshot) {
-        if let Err(e) = self.tx.try_send(StoreEvent::Snapshot(snapshot)) {
+        if let Err(e) = self.tx.try_send(StoreEvent::Snapshot(Box::new(snapshot))) {
             if let StoreEvent::Snapshot(s) = e.into_inner() {
                 let _ = s.receipts.send(SnapshotReceipt::Rejected {
                     reason: "store busy".into(),

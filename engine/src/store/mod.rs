@@ -15,7 +15,7 @@ mod wire;
 
 pub use config::{ReadMode, StoreConfig};
 pub use raft_loop::{LogSink, PeerOrigin, StoreLoop};
-pub use runtime::{Store, StoreOptions};
+pub use runtime::{prepare, Found, Store, StoreOptions};
 
 pub use api::{
     AdminRequest, ClientRequest, ClientResponse, IncomingSnapshot, PeerChange, RegionInfo, Reply,

@@ -261,17 +261,19 @@ mod tests {
 
     #[test]
     fn message_round_trip() {
-        let mut msg = Message::default();
-        msg.msg_type = MessageType::MsgAppend;
-        msg.to = 2;
-        msg.from = 1;
-        msg.term = 4;
-        msg.entries = vec![Entry {
+        let msg = Message {
+            msg_type: MessageType::MsgAppend,
+            to: 2,
+            from: 1,
             term: 4,
-            index: 9,
-            data: Bytes::from_static(b"hello"),
+            entries: vec![Entry {
+                term: 4,
+                index: 9,
+                data: Bytes::from_static(b"hello"),
+                ..Default::default()
+            }],
             ..Default::default()
-        }];
+        };
         let m = RaftMessage {
             kind: MessageKind::HibernateAck,
             region_id: 3,

@@ -37,6 +37,7 @@ use super::peer::{IdGen, Installing, PeerState, PendingRead, Proposal, ProposalK
 use super::region::{Epoch, Peer, PeerRole, RegionMeta};
 use crate::log::{LogBatch, RegionLog};
 use crate::metrics::StoreMetrics;
+use crate::state::command::CommandError;
 use crate::state::snapshot::SnapshotMeta;
 use crate::state::storage::RegionStorage;
 use crate::state::worker::{
@@ -158,6 +159,7 @@ pub struct StoreLoop {
     stores_down: HashSet<u64>,
     failed: Option<String>,
     stopping: bool,
+    halted: bool,
 }
 
 fn raft_config(cfg: &StoreConfig, peer_id: u64, applied: u64) -> Config {
@@ -214,6 +216,7 @@ impl StoreLoop {
             stores_down: HashSet::new(),
             failed: None,
             stopping: false,
+            halted: false,
         }
     }
 
@@ -332,7 +335,7 @@ impl StoreLoop {
                     self.on_raft_message(m);
                 }
             }
-            StoreEvent::Snapshot(s) => self.on_incoming_snapshot(s),
+            StoreEvent::Snapshot(s) => self.on_incoming_snapshot(*s),
             StoreEvent::Request(req, reply) => self.on_request(req, reply),
             StoreEvent::Unreachable { store_id } => self.on_unreachable(store_id),
             StoreEvent::SnapshotSent {
@@ -355,12 +358,21 @@ impl StoreLoop {
             }
             StoreEvent::LogDone { batch_no, result } => self.handle_log_done(batch_no, result),
             StoreEvent::Stop => self.stopping = true,
+            StoreEvent::Halt => {
+                self.stopping = true;
+                self.halted = true;
+            }
         }
     }
 
     /// Whether a stop was asked for.
     pub fn is_stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// Whether the stop is a halt (no final checkpoint, nothing answered).
+    pub fn is_halted(&self) -> bool {
+        self.halted
     }
 
     /// An event of the apply worker.
@@ -537,7 +549,9 @@ impl StoreLoop {
         let Some(peer) = self.peers.get_mut(&region_id) else {
             return;
         };
-        if peer.installing.is_some() || !peer.node.has_ready() {
+        // A split child found at open waits (messages are still stepped) until its parent's
+        // replay creates it in the state store; an installing peer waits for the install.
+        if peer.installing.is_some() || peer.awaiting_state || !peer.node.has_ready() {
             return;
         }
         let mut rd = peer.node.ready();
@@ -1305,6 +1319,15 @@ impl StoreLoop {
             let outcome = match results.peek() {
                 Some(r) if r.index == p.index && r.term == p.term => match &r.results {
                     Ok(ops) => Ok(ClientResponse::Written(ops.clone())),
+                    Err(CommandError::Duplicate {
+                        client_id,
+                        sequence,
+                        last,
+                    }) => Err(RequestError::AlreadyApplied {
+                        client_id: *client_id,
+                        sequence: *sequence,
+                        last: *last,
+                    }),
                     Err(e) => Err(RequestError::BadRequest {
                         reason: e.to_string(),
                     }),
@@ -1879,9 +1902,11 @@ impl StoreLoop {
             return;
         }
         peer.hibernation.requested_term = Some(term);
-        let mut msg = Message::default();
-        msg.term = term;
-        msg.commit = peer.node.raft.raft_log.committed;
+        let msg = Message {
+            term,
+            commit: peer.node.raft.raft_log.committed,
+            ..Default::default()
+        };
         let others: Vec<Peer> = peer
             .meta
             .peers
@@ -1922,8 +1947,10 @@ impl StoreLoop {
         if !ok {
             return;
         }
-        let mut msg = Message::default();
-        msg.term = m.msg.term;
+        let msg = Message {
+            term: m.msg.term,
+            ..Default::default()
+        };
         let env = Self::raft_envelope(&peer.meta, peer.me, m.from, MessageKind::HibernateAck, msg);
         self.transport.send(m.from.store_id, vec![env]);
         self.hibernate(region_id);

@@ -114,9 +114,35 @@ impl LogSink for WriterSink {
 }
 
 /// A region found at open and how its peer starts.
-struct Found {
-    meta: RegionMeta,
-    origin: PeerOrigin,
+pub struct Found {
+    /// The region as this store knows it.
+    pub meta: RegionMeta,
+    /// How its peer starts.
+    pub origin: PeerOrigin,
+}
+
+/// Bootstraps `initial_regions` if the store is new, then reconciles the log with the state
+/// store; returns the peers to start. Used by [`Store::open`] and by simulators that drive a
+/// [`StoreLoop`] over simulated devices.
+pub fn prepare(
+    log: &mut LogStore,
+    state: &mut StateStore,
+    initial_regions: &[RegionMeta],
+) -> Result<Vec<Found>> {
+    let store_id = log.superblock().store_id;
+    let mine: Vec<RegionMeta> = initial_regions
+        .iter()
+        .filter(|m| m.peer_on_store(store_id).is_some())
+        .cloned()
+        .collect();
+    if !mine.is_empty() && state.region_ids().is_empty() && log.region_ids().is_empty() {
+        info!(
+            regions = mine.len(),
+            "bootstrapping a new cluster's regions"
+        );
+        bootstrap(log, state, &mine)?;
+    }
+    reconcile(log, state, store_id)
 }
 
 /// Brings the log and the state store into agreement at open; returns the peers to start.
@@ -163,7 +189,18 @@ fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Ve
                 key: "raft log",
                 reason: format!("region {region_id}: {e}"),
             })?;
-            if rs.hard_state.commit < st.applied_index {
+            let last = rl.last_index().unwrap_or(0);
+            if st.applied_index > last {
+                // A snapshot was installed (durable in the state store) but the log records
+                // that say so were lost in a crash: restate them.
+                batch.set_snapshot(region_id, st.applied_index, st.applied_term);
+                batch.set_conf_state(region_id, st.conf_state.clone());
+                batch.set_region_meta(region_id, st.meta.clone());
+                let mut hs = rs.hard_state;
+                hs.commit = st.applied_index;
+                hs.term = hs.term.max(st.applied_term);
+                batch.set_hard_state(region_id, hs);
+            } else if rs.hard_state.commit < st.applied_index {
                 let mut hs = rs.hard_state;
                 hs.commit = st.applied_index;
                 hs.term = hs.term.max(st.applied_term);
@@ -251,19 +288,7 @@ impl Store {
             &sb,
             opts.state.clone(),
         )?;
-        let mine: Vec<RegionMeta> = initial_regions
-            .iter()
-            .filter(|m| m.peer_on_store(store_id).is_some())
-            .cloned()
-            .collect();
-        if !mine.is_empty() && state.region_ids().is_empty() && log.region_ids().is_empty() {
-            info!(
-                regions = mine.len(),
-                "bootstrapping a new cluster's regions"
-            );
-            bootstrap(&mut log, &mut state, &mine)?;
-        }
-        let found = reconcile(&mut log, &state, store_id)?;
+        let found = prepare(&mut log, &mut state, initial_regions)?;
         let writer = LogWriterThread::spawn(log)?;
         let apply = ApplyWorker::spawn(state, opts.apply.clone())?;
         let snapshots = SnapshotWorker::spawn(opts.snapshot.clone(), apply.sender(), None)?;
@@ -332,6 +357,15 @@ impl Store {
                 worker: "raft loop",
             })?,
             None => Ok(()),
+        }
+    }
+
+    /// Stops the store as a killed process would: no final checkpoint; what survives is the
+    /// last checkpoint and the log. For crash-recovery tests.
+    pub fn crash(mut self) {
+        let _ = self.router.tx.send(StoreEvent::Halt);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
         }
     }
 
@@ -405,6 +439,11 @@ fn run(
             if next_tick < now {
                 next_tick = now + tick;
             }
+        }
+        if lp.is_halted() {
+            drop(snapshots);
+            apply.halt();
+            return Ok(());
         }
         lp.flush();
         if lp.is_stopping() {

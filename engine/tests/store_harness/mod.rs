@@ -215,11 +215,7 @@ impl Cluster {
             me: s,
         });
         let store = Store::open(options(&slot.path), t, &self.initial).expect("open store");
-        self.net
-            .routers
-            .lock()
-            .unwrap()
-            .insert(s, store.router());
+        self.net.routers.lock().unwrap().insert(s, store.router());
         self.net.down.lock().unwrap().remove(&s);
         self.slots[(s - 1) as usize].store = Some(store);
     }
@@ -229,6 +225,15 @@ impl Cluster {
         self.net.routers.lock().unwrap().remove(&s);
         if let Some(st) = self.slots[(s - 1) as usize].store.take() {
             st.stop().expect("stop");
+        }
+    }
+
+    /// Kills a store as a crash would (no final checkpoint): it restarts from its last
+    /// checkpoint and its log.
+    pub fn crash_store(&mut self, s: u64) {
+        self.net.routers.lock().unwrap().remove(&s);
+        if let Some(st) = self.slots[(s - 1) as usize].store.take() {
+            st.crash();
         }
     }
 
@@ -295,15 +300,31 @@ impl Cluster {
     }
 
     /// Writes through the leader, retrying retryable errors until `timeout`.
-    pub fn write(&mut self, ops: Vec<Op>, timeout: Duration) -> Result<ClientResponse, RequestError> {
+    pub fn write(
+        &mut self,
+        ops: Vec<Op>,
+        timeout: Duration,
+    ) -> Result<ClientResponse, RequestError> {
         self.client_seq += 1;
+        let seq = self.client_seq;
+        self.write_as(1, seq, ops, timeout)
+    }
+
+    /// Writes `ops` as client `client_id`'s command `sequence`, retrying retryable errors.
+    pub fn write_as(
+        &mut self,
+        client_id: u64,
+        sequence: u64,
+        ops: Vec<Op>,
+        timeout: Duration,
+    ) -> Result<ClientResponse, RequestError> {
         let key = match &ops[0] {
             Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key.clone(),
             Op::DeleteRange { start, .. } => start.clone(),
         };
         let cmd = Command {
-            client_id: 1,
-            sequence: self.client_seq,
+            client_id,
+            sequence,
             ops,
         };
         let deadline = Instant::now() + timeout;
@@ -405,9 +426,9 @@ impl Cluster {
                     if !self.running().contains(&p.store_id) {
                         return true;
                     }
-                    self.regions(p.store_id)
-                        .iter()
-                        .any(|r| r.meta.region_id == l.meta.region_id && r.applied_index >= l.commit_index)
+                    self.regions(p.store_id).iter().any(|r| {
+                        r.meta.region_id == l.meta.region_id && r.applied_index >= l.commit_index
+                    })
                 });
                 if all {
                     return true;

@@ -262,14 +262,18 @@ impl Node {
         }
     }
 
-    /// Kills the node without a clean stop of its stores (tests: a crash; nothing after the
-    /// last durable log write survives).
+    /// Kills the node as a crash would: the network goes first, then every store stops
+    /// without its final checkpoint (what survives is each store's last checkpoint and log).
     pub fn abort(mut self) {
         if let Some(t) = self.transport.take() {
             t.shutdown();
         }
-        // Dropping the stores stops their threads; what the log made durable is what remains.
-        self.stores.clear();
+        for s in self.stores.drain(..) {
+            s.crash();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.stop();
+        }
     }
 }
 

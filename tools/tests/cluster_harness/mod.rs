@@ -20,7 +20,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let socks: Vec<UdpSocket> = (0..n)
         .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
         .collect();
-    socks.iter().map(|s| s.local_addr().unwrap().port()).collect()
+    socks
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Writes `basalt certs`'s files for `nodes` nodes and an `admin` client into `dir`.
@@ -42,7 +45,11 @@ pub fn config_text(i: usize, ports: &[u16], bootstrap: usize, tick_ms: u64) -> S
             format!(
                 "  {{ store-id = {j}, addr = \"127.0.0.1:{}\"{} }},",
                 ports[j - 1],
-                if j > bootstrap { ", bootstrap = false" } else { "" }
+                if j > bootstrap {
+                    ", bootstrap = false"
+                } else {
+                    ""
+                }
             )
         })
         .collect();
@@ -285,7 +292,8 @@ impl QuicCluster {
                     }
                     self.status(i).is_some_and(|s| {
                         s.regions.iter().any(|r| {
-                            r.info.region_id == l.info.region_id && r.applied_index >= l.commit_index
+                            r.info.region_id == l.info.region_id
+                                && r.applied_index >= l.commit_index
                         })
                     })
                 });
