@@ -1,8 +1,37 @@
 //! The store layer: regions, the Raft messages between stores, and the raft loop that drives
 //! every region peer of a store.
 //!
-//! The loop is a plain state machine ([`StoreLoop`]: events in, actions out) so the same code
-//! runs under the real threads ([`Store`]) and under a deterministic simulator.
+//! The loop is a plain state machine ([`StoreLoop`]: events in, effects out through
+//! [`Transport`], [`LogSink`] and the apply worker's channel) so the same code runs under the
+//! real threads ([`Store`]) and under the deterministic simulator (`engine/tests/store_sim.rs`).
+//!
+//! How the pieces fit, and where this differs from `DESIGN.md` (and why):
+//! - **Ready handling** follows the seed: a leader's `messages` go out before its log write;
+//!   the entries and hard states of all peers' Readies go to the log as one batch; once durable,
+//!   `persisted_messages` are sent and `on_persist_ready` is called. Committed entries go to the
+//!   apply worker in index order.
+//! - **Admin entries take effect when they are handed to the apply worker**, not when the worker
+//!   reports them applied: the loop owns the `RawNode`s and the region metadata, and the worker
+//!   applies requests in the order the loop sends them, so a request the loop checks after a
+//!   split or membership change is already judged against the new epoch, and the data side
+//!   (the split's key move, the metadata recorded with the conf change's index) follows in
+//!   order. Entries proposed under an older epoch version are applied as no-ops on every
+//!   replica (the client gets `EpochNotMatch`).
+//! - **Reads** (ReadIndex or lease) are answered by the apply worker once every entry up to the
+//!   read index was handed to it: the read is queued behind them.
+//! - **Hibernation**: a leader idle for `hibernate_idle_ticks` with every peer matched asks its
+//!   followers to hibernate; each agrees only if it is fully caught up with that leader at that
+//!   term, and stops ticking; the leader stops once all agreed. Any message, request or snapshot
+//!   wakes a region. Since a hibernating follower no longer times out, stores exchange one
+//!   heartbeat per store pair every half election timeout, and a store silent for two election
+//!   timeouts (or reported unreachable) wakes the regions it led. Lease reads turn hibernation
+//!   off (a leader that does not tick cannot keep a lease).
+//! - **Ids without a placement driver**: bootstrap regions and peers get deterministic ids
+//!   (every store bootstraps the same regions on its own); ids chosen later (split regions,
+//!   added peers) are 62 random bits, see `docs/FORMAT.md` ("New regions").
+//! - **At most once**: commands carry (client id, sequence); the state store keeps a replicated
+//!   session table per region (`state::session`), so a retry is answered with the first results
+//!   or refused as `AlreadyApplied`, never applied twice.
 
 pub mod api;
 pub mod config;

@@ -51,6 +51,21 @@ pub const REGION_INIT_INDEX: u64 = 5;
 /// See [`REGION_INIT_INDEX`].
 pub const REGION_INIT_TERM: u64 = 5;
 
+/// Whether `m` is a heartbeat or heartbeat answer of the current term that carries nothing
+/// new for `raft` (no higher commit, no read-index context, from the known leader).
+fn is_quiet(raft: &raftlog::Raft<RegionStorage>, m: &RaftMessage) -> bool {
+    if m.msg.term != raft.term || !m.msg.context.is_empty() {
+        return false;
+    }
+    match m.msg.msg_type {
+        MessageType::MsgHeartbeat => {
+            raft.leader_id == m.from.peer_id && m.msg.commit <= raft.raft_log.committed
+        }
+        MessageType::MsgHeartbeatResponse => raft.state == StateRole::Leader,
+        _ => false,
+    }
+}
+
 /// Where the loop's log writes go.
 pub trait LogSink: Send {
     /// Write `batch`; report `batch_no` durable with [`StoreLoop::handle_log_done`], in order.
@@ -751,10 +766,14 @@ impl StoreLoop {
         if peer.meta.peer(m.from.peer_id).is_none() && peer.heard.len() < 64 {
             peer.heard.insert(m.from.peer_id, m.from);
         }
+        // A heartbeat (or its answer) of the same term that brings nothing new does not wake a
+        // hibernating region: the last rounds sent before everyone agreed to hibernate arrive
+        // after it, and must not undo it. Everything else does.
+        let quiet = peer.hibernating && is_quiet(&peer.node.raft, &m);
         if let Err(e) = peer.node.step(m.msg) {
             debug!(region_id, %e, "step refused");
         }
-        if peer.hibernating {
+        if peer.hibernating && !quiet {
             self.wake(region_id);
         }
         self.dirty.insert(region_id);

@@ -135,6 +135,23 @@ fn check_key(key: &Bytes, ops: &[&Op], errors: &mut Vec<String>) {
             ));
         }
     }
+    // A value observed at `t` had been written by `t`: each value is written once, so its
+    // write took effect no later than its first observation (a retried write that applied
+    // twice shows up as a value older than one written after it).
+    let mut first_seen: BTreeMap<&Bytes, u64> = BTreeMap::new();
+    for o in &obs {
+        if let Some(v) = o.value {
+            let e = first_seen.entry(v).or_insert(o.returned_ms);
+            *e = (*e).min(o.returned_ms);
+        }
+    }
+    for (v, w) in writes.iter_mut() {
+        if let Some(&t) = first_seen.get(*v) {
+            let done = if w.definite { w.returned_ms } else { None };
+            w.returned_ms = Some(done.map_or(t, |r| r.min(t)));
+            w.definite = true;
+        }
+    }
     let done_before = |w: &Write, t: u64| w.definite && w.returned_ms.is_some_and(|r| r < t);
     for o in &obs {
         match o.value {

@@ -8,8 +8,8 @@ use crossbeam_channel::{unbounded, Receiver};
 use engine::state::worker::{ApplyRequest, BuiltSnapshot};
 use engine::state::{Command, Op as KvOp, OpResult};
 use engine::store::{
-    initial_regions, ClientRequest, ClientResponse, Epoch, IncomingSnapshot, RaftMessage,
-    RegionMeta, RequestError, SnapshotReceipt, StoreEvent,
+    initial_regions, AdminRequest, ClientRequest, ClientResponse, IncomingSnapshot, Peer,
+    PeerChange, PeerRole, RaftMessage, RegionMeta, RequestError, SnapshotReceipt, StoreEvent,
 };
 
 use super::check::{check_history, Kind, Op};
@@ -33,6 +33,70 @@ pub struct Params {
     pub local_reads: bool,
     /// Crash any number of stores at once (up to the whole cluster), not only a minority.
     pub crash_any: bool,
+    /// Stores the initial regions live on (`1..=initial_stores`; 0: every store).
+    pub initial_stores: u64,
+    /// Initial split keys (pre-split regions): this many, spread over the keys.
+    pub pre_split: u64,
+    /// Split random regions at random times.
+    pub splits: bool,
+    /// Add learners, promote them, remove voters, joint changes, leader transfers.
+    pub membership: bool,
+    /// Retry writes whose outcome is unknown with the same (client, sequence).
+    pub retries: bool,
+    /// Overrides `StoreConfig::hibernate_idle_ticks`.
+    pub hibernate_idle_ticks: Option<u32>,
+    /// Long client-idle periods during the busy phase (regions hibernate).
+    pub idle_gaps: bool,
+    /// Clients read with a CAS that always fails (its `previous` is the observation) instead
+    /// of `Get`: works around gets served from a region's post-split state (see store_sim.rs).
+    pub reads_via_cas: bool,
+    /// The operator may add a region's peer on a store that held one before (removed).
+    pub reuse_stores: bool,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            stores: 3,
+            busy_ms: 6000,
+            clients: 3,
+            keys: 3,
+            faults: true,
+            ack_early: false,
+            lease_reads: false,
+            local_reads: false,
+            crash_any: false,
+            initial_stores: 0,
+            pre_split: 0,
+            splits: false,
+            membership: false,
+            retries: false,
+            hibernate_idle_ticks: None,
+            idle_gaps: false,
+            reads_via_cas: false,
+            reuse_stores: false,
+        }
+    }
+}
+
+/// What a client's pending op asks for; routed to a region when (re)sent.
+#[derive(Clone)]
+enum Req {
+    Write { key: Bytes, command: Command },
+    Get { key: Bytes },
+}
+
+impl Req {
+    fn key(&self) -> &Bytes {
+        match self {
+            Req::Write { key, .. } | Req::Get { key } => key,
+        }
+    }
+}
+
+/// The epoch order used to pick the newest of two metas of a region.
+fn epoch_key(m: &RegionMeta) -> (u64, u64) {
+    (m.epoch.version, m.epoch.conf_version)
 }
 
 enum Body {
@@ -75,9 +139,13 @@ struct Pending {
     op: usize,
     attempt: u64,
     store: Option<u64>,
-    request: ClientRequest,
+    request: Req,
     deadline_ms: u64,
     retry_at_ms: Option<u64>,
+    /// Re-sends after an unknown outcome (same client id and sequence).
+    retries: u32,
+    /// The region and epoch the last attempt was sent to.
+    sent_to: Option<(u64, engine::store::Epoch)>,
 }
 
 struct Client {
@@ -85,7 +153,10 @@ struct Client {
     sequence: u64,
     values: u64,
     next_at_ms: u64,
-    leader_hint: Option<u64>,
+    /// The client's region cache: region → newest meta it knows.
+    dir: BTreeMap<u64, RegionMeta>,
+    /// Leader hints: region → store.
+    hints: BTreeMap<u64, u64>,
     last_seen: BTreeMap<Bytes, Option<Bytes>>,
     pending: Option<Pending>,
     attempts: u64,
@@ -107,7 +178,6 @@ pub struct Sim {
     nodes: Vec<Node>,
     initial: Vec<RegionMeta>,
     regions: Vec<u64>,
-    epoch: Epoch,
     net: NetFaults,
     /// Messages in flight by (delivery time, sequence).
     flight: BTreeMap<(u64, u64), Envelope>,
@@ -129,6 +199,22 @@ pub struct Sim {
     pub violations: Vec<String>,
     pub trace: u64,
     pub stats: BTreeMap<&'static str, u64>,
+    /// Clients start no new op until then (idle periods: regions hibernate).
+    quiet_until_ms: Option<u64>,
+    next_quiet_ms: u64,
+    /// The operator: its next admin request, and the one in flight (attempt, deadline).
+    next_admin_ms: u64,
+    admin_pending: Option<(u64, u64)>,
+    admin_seq: u64,
+    admin_answers: Arc<Mutex<Vec<(u64, Answer)>>>,
+    /// (region, epoch version) → its key range, as the first store reporting it saw it.
+    ranges: BTreeMap<(u64, u64), (Bytes, Bytes)>,
+    /// Sequence numbers of the final phase's writer (client id 1000).
+    final_seq: u64,
+    /// The final phase: writes with unknown outcomes are always re-sent.
+    final_phase: bool,
+    /// (region, store) pairs that ever held a peer, as the operator saw them.
+    ever_members: BTreeSet<(u64, u64)>,
 }
 
 fn fnv(h: u64, x: u64) -> u64 {
@@ -139,9 +225,16 @@ impl Sim {
     pub fn new(seed: u64, p: Params) -> Sim {
         let mut rng = Rng(seed);
         let ids: Vec<u64> = (1..=p.stores).collect();
-        let initial = initial_regions(&ids, &[]);
+        let on = if p.initial_stores == 0 {
+            p.stores
+        } else {
+            p.initial_stores
+        };
+        let split_keys: Vec<Bytes> = (1..=p.pre_split)
+            .map(|i| Self::key_name(i * p.keys / (p.pre_split + 1)))
+            .collect();
+        let initial = initial_regions(&ids[..on as usize], &split_keys);
         let regions: Vec<u64> = initial.iter().map(|m| m.region_id).collect();
-        let epoch = initial[0].epoch;
         let mut nodes: Vec<Node> = ids
             .iter()
             .map(|&id| Node::new(seed, id, regions.clone()))
@@ -150,6 +243,7 @@ impl Sim {
             if p.lease_reads {
                 n.read_mode = engine::store::ReadMode::Lease;
             }
+            n.hibernate_idle_ticks = p.hibernate_idle_ticks;
             n.start(seed, &initial);
         }
         let net = if p.faults {
@@ -171,7 +265,8 @@ impl Sim {
                 sequence: 0,
                 values: 0,
                 next_at_ms: 300 + rng.below(100),
-                leader_hint: None,
+                dir: initial.iter().map(|m| (m.region_id, m.clone())).collect(),
+                hints: BTreeMap::new(),
                 last_seen: BTreeMap::new(),
                 pending: None,
                 attempts: 0,
@@ -187,7 +282,6 @@ impl Sim {
             nodes,
             initial,
             regions,
-            epoch,
             net,
             flight: BTreeMap::new(),
             flight_seq: 0,
@@ -205,6 +299,16 @@ impl Sim {
             violations: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             stats: BTreeMap::new(),
+            quiet_until_ms: None,
+            next_quiet_ms: 1000 + seed % 1000,
+            next_admin_ms: 600 + seed % 500,
+            admin_pending: None,
+            admin_seq: 0,
+            admin_answers: Arc::new(Mutex::new(Vec::new())),
+            ranges: BTreeMap::new(),
+            final_seq: 0,
+            final_phase: false,
+            ever_members: BTreeSet::new(),
         }
     }
 
@@ -245,11 +349,16 @@ impl Sim {
         if busy {
             self.checkpoints();
         }
+        if busy {
+            self.idle_gaps();
+            self.admin_step();
+        }
         self.clients_step(busy);
         self.settle_all();
         self.collect_outgoing();
         self.poll_streams();
         self.collect_answers();
+        self.collect_admin_answers();
         if self.now_ms % 5 == 0 {
             self.check_leaders();
         }
@@ -634,21 +743,26 @@ impl Sim {
                 }
             }
         }
+        if self.p.pre_split > 0 || self.p.splits || self.p.membership {
+            let views = self.views();
+            self.check_ranges(&views);
+        }
     }
 
     // ------------------------------------------------------------------ clients
 
     fn key_name(k: u64) -> Bytes {
-        Bytes::from(format!("key-{k}"))
+        Bytes::from(format!("key-{k:02}"))
     }
 
     fn clients_step(&mut self, busy: bool) {
+        let quiet = self.quiet_until_ms.is_some_and(|t| t > self.now_ms);
         for c in 0..self.clients.len() {
             let now = self.now_ms;
             if let Some(p) = &self.clients[c].pending {
                 let store_down = p.store.is_some_and(|s| !self.up(s));
                 if now >= p.deadline_ms || (store_down && p.retry_at_ms.is_none()) {
-                    self.finish(c, None);
+                    self.unknown_outcome(c);
                     continue;
                 }
                 if p.retry_at_ms.is_some_and(|t| t <= now) {
@@ -656,12 +770,36 @@ impl Sim {
                 }
                 continue;
             }
-            if !busy || now < self.clients[c].next_at_ms {
+            if !busy || quiet || now < self.clients[c].next_at_ms {
                 continue;
             }
             self.new_op(c);
             self.submit(c);
         }
+    }
+
+    /// Client `c`'s pending op may or may not have applied: a write is re-sent with the same
+    /// (client, sequence) when the run retries, else the op ends with no answer.
+    fn unknown_outcome(&mut self, c: usize) {
+        let final_phase = self.final_phase;
+        let retry = (self.p.retries || final_phase)
+            && self.clients[c].pending.as_ref().is_some_and(|p| {
+                matches!(p.request, Req::Write { .. }) && (p.retries < 8 || final_phase)
+            });
+        if !retry {
+            self.finish(c, None);
+            return;
+        }
+        self.stat("write_retries");
+        let delay = 5 + self.rng.below(200);
+        let now = self.now_ms;
+        let p = self.clients[c].pending.as_mut().expect("pending");
+        p.retries += 1;
+        p.retry_at_ms = Some(now + delay);
+        p.deadline_ms = now + delay + 3000;
+        p.store = None;
+        // A later answer to the old attempt is ignored.
+        p.attempt = 0;
     }
 
     fn new_op(&mut self, c: usize) {
@@ -683,9 +821,8 @@ impl Sim {
                 };
                 (
                     Kind::Put { value },
-                    ClientRequest::Write {
-                        region_id: 1,
-                        epoch: self.epoch,
+                    Req::Write {
+                        key: key.clone(),
                         command,
                     },
                 )
@@ -708,21 +845,37 @@ impl Sim {
                         new: value,
                         outcome: None,
                     },
-                    ClientRequest::Write {
-                        region_id: 1,
-                        epoch: self.epoch,
+                    Req::Write {
+                        key: key.clone(),
                         command,
                     },
                 )
             }
-            _ => (
-                Kind::Get { value: None },
-                ClientRequest::Get {
-                    region_id: 1,
-                    epoch: self.epoch,
-                    key: key.clone(),
-                },
-            ),
+            _ if self.p.reads_via_cas => {
+                cl.sequence += 1;
+                let never = Bytes::from_static(b"never-written");
+                let command = Command {
+                    client_id: cl.id,
+                    sequence: cl.sequence,
+                    ops: vec![KvOp::Cas {
+                        key: key.clone(),
+                        expected: Some(never.clone()),
+                        new: Some(value.clone()),
+                    }],
+                };
+                (
+                    Kind::Cas {
+                        expected: Some(never),
+                        new: value,
+                        outcome: None,
+                    },
+                    Req::Write {
+                        key: key.clone(),
+                        command,
+                    },
+                )
+            }
+            _ => (Kind::Get { value: None }, Req::Get { key: key.clone() }),
         };
         self.history.push(Op {
             client: cl.id,
@@ -738,36 +891,112 @@ impl Sim {
             request,
             deadline_ms: self.now_ms + 3000,
             retry_at_ms: None,
+            retries: 0,
+            sent_to: None,
         });
     }
 
-    /// Sends (or re-sends) client `c`'s pending request to the store it thinks leads.
+    /// The newest region of client `c`'s cache holding `key`.
+    fn route_key(&self, c: usize, key: &[u8]) -> RegionMeta {
+        self.clients[c]
+            .dir
+            .values()
+            .filter(|m| m.contains(key))
+            .max_by_key(|m| epoch_key(m))
+            .cloned()
+            .unwrap_or_else(|| self.initial[0].clone())
+    }
+
+    /// Merges region metas into client `c`'s cache (newer epochs win).
+    fn learn(&mut self, c: usize, metas: Vec<RegionMeta>) {
+        let dir = &mut self.clients[c].dir;
+        for m in metas {
+            if m.epoch.version == 0 {
+                continue;
+            }
+            match dir.get(&m.region_id) {
+                Some(old) if epoch_key(old) > epoch_key(&m) => {}
+                _ => {
+                    dir.insert(m.region_id, m);
+                }
+            }
+        }
+    }
+
+    /// Asks a random up store for its regions (`ClientRequest::Regions`).
+    fn refresh(&mut self, c: usize) {
+        let up: Vec<u64> = (1..=self.p.stores).filter(|&s| self.up(s)).collect();
+        if up.is_empty() {
+            return;
+        }
+        let s = up[self.rng.below(up.len() as u64) as usize];
+        let infos = self.node(s).run.as_mut().expect("up").regions();
+        self.stat("route_refreshes");
+        for i in &infos {
+            if let Some(l) = i.leader {
+                self.clients[c].hints.insert(i.meta.region_id, l.store_id);
+            }
+        }
+        self.learn(c, infos.into_iter().map(|i| i.meta).collect());
+    }
+
+    /// Sends (or re-sends) client `c`'s pending request to the store it thinks leads the
+    /// key's region.
     fn submit(&mut self, c: usize) {
         let up: Vec<u64> = (1..=self.p.stores).filter(|&s| self.up(s)).collect();
         let pick = self.rng.below(up.len().max(1) as u64) as usize;
+        let req = self.clients[c]
+            .pending
+            .as_ref()
+            .expect("pending")
+            .request
+            .clone();
+        let meta = self.route_key(c, req.key());
+        let members: Vec<u64> = meta
+            .peers
+            .iter()
+            .map(|p| p.store_id)
+            .filter(|s| up.contains(s))
+            .collect();
+        let member_pick = self.rng.below(members.len().max(1) as u64) as usize;
         let cl = &mut self.clients[c];
         let p = cl.pending.as_mut().expect("pending");
-        let target = match cl.leader_hint.filter(|s| up.contains(s)) {
+        let hint = cl.hints.get(&meta.region_id).copied();
+        let target = match hint.filter(|s| up.contains(s)) {
             Some(s) => s,
             None if up.is_empty() => {
                 p.retry_at_ms = Some(self.now_ms + 10);
                 return;
             }
+            None if !members.is_empty() => members[member_pick],
             None => up[pick],
         };
         cl.attempts += 1;
         p.attempt = cl.attempts;
         p.store = Some(target);
         p.retry_at_ms = None;
+        p.sent_to = Some((meta.region_id, meta.epoch));
         let (client, attempt) = (c as u64, p.attempt);
         let answers = Arc::clone(&self.answers);
-        let request = p.request.clone();
+        let (region_id, epoch) = (meta.region_id, meta.epoch);
+        let request = match req {
+            Req::Write { command, .. } => ClientRequest::Write {
+                region_id,
+                epoch,
+                command,
+            },
+            Req::Get { key } => ClientRequest::Get {
+                region_id,
+                epoch,
+                key,
+            },
+        };
         if let (true, ClientRequest::Get { key, .. }) = (self.p.local_reads, &request) {
             let run = self.nodes[(up[pick] - 1) as usize]
                 .run
                 .as_mut()
                 .expect("up");
-            let v = run.local_get(1, key.clone());
+            let v = run.local_get(region_id, key.clone());
             answers
                 .lock()
                 .unwrap()
@@ -811,20 +1040,72 @@ impl Sim {
                 | RequestError::Stopping
         );
         let delay = 2 + self.rng.below(20);
-        let cl = &mut self.clients[c];
-        if let RequestError::NotLeader { leader, .. } = &e {
-            cl.leader_hint = leader.map(|p| p.store_id);
-        } else {
-            cl.leader_hint = None;
+        let key = self.clients[c]
+            .pending
+            .as_ref()
+            .expect("pending")
+            .request
+            .key()
+            .clone();
+        let region = self.route_key(c, &key).region_id;
+        match &e {
+            RequestError::NotLeader { leader, region_id } => {
+                let cl = &mut self.clients[c];
+                match leader {
+                    Some(l) => cl.hints.insert(*region_id, l.store_id),
+                    None => cl.hints.remove(region_id),
+                };
+            }
+            RequestError::EpochNotMatch { regions } => {
+                self.stat("epoch_not_match");
+                self.clients[c].hints.remove(&region);
+                self.learn(c, regions.clone());
+            }
+            RequestError::RegionNotFound { .. } | RequestError::KeyNotInRegion { .. } => {
+                self.stat("region_not_found_or_key_outside");
+                self.clients[c].hints.remove(&region);
+                self.refresh(c);
+            }
+            _ => {
+                self.clients[c].hints.remove(&region);
+            }
         }
         if definitely_not_applied {
-            let p = cl.pending.as_mut().expect("pending");
+            let p = self.clients[c].pending.as_mut().expect("pending");
             p.retry_at_ms = Some(self.now_ms + delay);
             p.store = None;
             return;
         }
+        if let RequestError::AlreadyApplied { .. } = e {
+            self.stat("already_applied");
+            self.already_applied(c);
+            return;
+        }
+        if let RequestError::BadRequest { reason } = &e {
+            self.violations
+                .push(format!("client request refused as bad: {reason}"));
+        }
         self.stat("indeterminate_answers");
-        self.finish(c, None);
+        self.unknown_outcome(c);
+    }
+
+    /// A retried write was applied before (its results are gone): a put took effect by now, a
+    /// CAS's outcome stays unknown.
+    fn already_applied(&mut self, c: usize) {
+        let cl = &mut self.clients[c];
+        let p = cl.pending.take().expect("pending");
+        cl.next_at_ms = self.now_ms + 1 + self.rng.below(30);
+        let op = &mut self.history[p.op];
+        if p.retries == 0 {
+            self.violations.push(format!(
+                "client {} got AlreadyApplied for a command sent once: {:?}",
+                cl.id, op.kind
+            ));
+        }
+        if let Kind::Put { value } = &op.kind {
+            op.returned_ms = Some(self.now_ms);
+            cl.last_seen.insert(op.key.clone(), Some(value.clone()));
+        }
     }
 
     /// Ends client `c`'s op: with an answer, or `None` (outcome unknown).
@@ -833,6 +1114,12 @@ impl Sim {
         let p = cl.pending.take().expect("pending");
         cl.next_at_ms = self.now_ms + 1 + self.rng.below(30);
         let op = &mut self.history[p.op];
+        if std::env::var("BASALT_SIM_DUMP_KEY").is_ok_and(|k| k.as_bytes() == op.key.as_ref()) {
+            eprintln!(
+                "answer at {} ms to client {} from store {:?} region/epoch {:?}: {answer:?}",
+                self.now_ms, cl.id, p.store, p.sent_to
+            );
+        }
         let Some(answer) = answer else {
             return;
         };
@@ -905,13 +1192,11 @@ impl Sim {
                     op: self.history.len() - 1,
                     attempt: 0,
                     store: None,
-                    request: ClientRequest::Get {
-                        region_id: 1,
-                        epoch: self.epoch,
-                        key: key.clone(),
-                    },
+                    request: Req::Get { key: key.clone() },
                     deadline_ms: self.now_ms + 3000,
                     retry_at_ms: None,
+                    retries: 0,
+                    sent_to: None,
                 });
                 self.submit(0);
                 while self.clients[0].pending.is_some() {
@@ -924,39 +1209,93 @@ impl Sim {
         }
     }
 
-    /// Runs until every store reports the same applied index (bounded).
-    fn converge(&mut self) -> bool {
-        for _ in 0..20_000 {
-            self.step(false);
-            let mut applied = BTreeSet::new();
-            let mut count = 0;
-            for i in 0..self.nodes.len() {
-                if let Some(run) = self.nodes[i].run.as_mut() {
-                    for info in run.regions() {
-                        applied.insert((
-                            info.meta.region_id,
-                            info.applied_index,
-                            info.commit_index,
-                        ));
-                        count += 1;
+    /// Every region's newest meta among the up stores' views.
+    fn newest_metas(&mut self) -> BTreeMap<u64, RegionMeta> {
+        let mut best: BTreeMap<u64, RegionMeta> = BTreeMap::new();
+        for (_, infos) in self.views() {
+            for i in infos {
+                if i.meta.epoch.version == 0 {
+                    continue;
+                }
+                match best.get(&i.meta.region_id) {
+                    Some(m) if epoch_key(m) >= epoch_key(&i.meta) => {}
+                    _ => {
+                        best.insert(i.meta.region_id, i.meta);
                     }
                 }
             }
-            if count == self.nodes.len() * self.regions.len() && applied.len() == self.regions.len()
-            {
+        }
+        best
+    }
+
+    /// Whether every member of every region (its newest meta) reports that meta and one
+    /// applied and commit index.
+    fn converged(&mut self) -> bool {
+        let best = self.newest_metas();
+        let views: BTreeMap<u64, Vec<engine::store::RegionInfo>> =
+            self.views().into_iter().collect();
+        if views.len() != self.nodes.len() {
+            return false;
+        }
+        for (r, meta) in &best {
+            let mut seen = BTreeSet::new();
+            for p in &meta.peers {
+                let Some(i) = views[&p.store_id].iter().find(|i| i.meta.region_id == *r) else {
+                    return false;
+                };
+                if i.meta != *meta {
+                    return false;
+                }
+                seen.insert((i.applied_index, i.commit_index));
+            }
+            if seen.len() != 1 {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs until every store reports the same applied index (bounded).
+    fn converge(&mut self) -> bool {
+        for n in 0..20_000 {
+            self.step(false);
+            if n % 10 == 0 && self.converged() {
                 return true;
             }
         }
         false
     }
 
+    /// Equal state per region among its members; no store keeps a region it was removed from.
     fn compare_replicas(&mut self) {
-        for r in self.regions.clone() {
+        let best = self.newest_metas();
+        for (id, infos) in self.views() {
+            for i in infos {
+                let r = i.meta.region_id;
+                if i.meta.epoch.version > 0 && i.meta.peer_on_store(id).is_none() {
+                    self.violations.push(format!(
+                        "store {id} still lists region {r} after applying its own removal ({:?})",
+                        i.meta
+                    ));
+                }
+                if best.get(&r).is_some_and(|m| m.peer_on_store(id).is_none()) {
+                    // Removed while cut off: it never learned of it.
+                    self.stat("stale_removed_peers");
+                }
+            }
+        }
+        for (r, meta) in best {
             let mut first: Option<(u64, Vec<(Bytes, Bytes)>)> = None;
-            for i in 0..self.nodes.len() {
-                let id = self.nodes[i].id;
-                let run = self.nodes[i].run.as_mut().expect("up");
+            for p in &meta.peers {
+                let id = p.store_id;
+                let run = self.node(id).run.as_mut().expect("up");
                 let rows = run.scan_all(r);
+                if let Some((k, _)) = rows.iter().find(|(k, _)| !meta.contains(k)) {
+                    self.violations.push(format!(
+                        "region {r} on store {id} holds key {k:?} outside {:?}..{:?}",
+                        meta.start_key, meta.end_key
+                    ));
+                }
                 match &first {
                     None => first = Some((id, rows)),
                     Some((fid, frows)) => {
@@ -982,6 +1321,10 @@ impl Sim {
         while !self.clients_idle() && self.now_ms < self.p.busy_ms + 10_000 {
             self.step(false);
         }
+        self.final_phase = true;
+        if self.p.pre_split > 0 || self.p.splits || self.p.membership || self.p.idle_gaps {
+            self.final_writes();
+        }
         self.final_reads();
         if !self.converge() {
             let mut detail = String::new();
@@ -1002,7 +1345,9 @@ impl Sim {
                     }
                     for r in run.regions() {
                         detail += &format!(
-                            " [store {id}: leader {} term {} commit {} applied {} hibernating {} failure {failure:?}]",
+                            " [store {id} region {} v{} c{} peers {:?}: leader {} term {} commit {} applied {} hibernating {} failure {failure:?}]",
+                            r.meta.region_id, r.meta.epoch.version, r.meta.epoch.conf_version,
+                            r.meta.peers.iter().map(|p| p.store_id).collect::<Vec<_>>(),
                             r.is_leader, r.term, r.commit_index, r.applied_index, r.hibernating
                         );
                     }
@@ -1013,6 +1358,15 @@ impl Sim {
             ));
         }
         self.compare_replicas();
+        if let Ok(k) = std::env::var("BASALT_SIM_DUMP_KEY") {
+            for o in self
+                .history
+                .iter()
+                .filter(|o| o.key.as_ref() == k.as_bytes())
+            {
+                eprintln!("history {k}: {o:?}");
+            }
+        }
         let mut errs = check_history(&self.history);
         self.violations.append(&mut errs);
         let answered = self.history.iter().filter(|o| o.returned_ms.is_some());
@@ -1027,5 +1381,259 @@ impl Sim {
                 o.invoked_ms ^ o.returned_ms.unwrap_or(u64::MAX) << 20,
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------- regions and the operator
+
+impl Sim {
+    /// Starts and ends client-idle periods long enough for regions to hibernate.
+    fn idle_gaps(&mut self) {
+        if !self.p.idle_gaps {
+            return;
+        }
+        let now = self.now_ms;
+        if self.quiet_until_ms.is_some_and(|t| t <= now) {
+            self.quiet_until_ms = None;
+            self.next_quiet_ms = now + 300 + self.rng.below(1500);
+        }
+        if self.quiet_until_ms.is_none() && now >= self.next_quiet_ms {
+            self.quiet_until_ms = Some(now + 800 + self.rng.below(2500));
+            self.stat("idle_periods");
+        }
+    }
+
+    /// Every up store's regions.
+    fn views(&mut self) -> Vec<(u64, Vec<engine::store::RegionInfo>)> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            let id = self.nodes[i].id;
+            if let Some(run) = self.nodes[i].run.as_mut() {
+                out.push((id, run.regions()));
+            }
+        }
+        out
+    }
+
+    /// Per store: initialized regions never overlap; one (region, version) has one range.
+    fn check_ranges(&mut self, views: &[(u64, Vec<engine::store::RegionInfo>)]) {
+        for (id, infos) in views {
+            let mut metas: Vec<&RegionMeta> = infos
+                .iter()
+                .map(|i| &i.meta)
+                .filter(|m| m.epoch.version > 0)
+                .collect();
+            for m in &metas {
+                let range = (m.start_key.clone(), m.end_key.clone());
+                match self.ranges.get(&(m.region_id, m.epoch.version)) {
+                    Some(r) if *r != range => self.violations.push(format!(
+                        "store {id}: region {} at version {} spans {range:?}, elsewhere {r:?} (at {} ms)",
+                        m.region_id, m.epoch.version, self.now_ms
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.ranges.insert((m.region_id, m.epoch.version), range);
+                    }
+                }
+            }
+            metas.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+            for w in metas.windows(2) {
+                if w[0].end_key.is_empty() || w[0].end_key > w[1].start_key {
+                    self.violations.push(format!(
+                        "store {id}: regions {} {:?}..{:?} (v{}) and {} {:?}..{:?} (v{}) overlap (at {} ms)",
+                        w[0].region_id, w[0].start_key, w[0].end_key, w[0].epoch.version,
+                        w[1].region_id, w[1].start_key, w[1].end_key, w[1].epoch.version,
+                        self.now_ms
+                    ));
+                }
+            }
+        }
+    }
+
+    fn admin_step(&mut self) {
+        if !(self.p.splits || self.p.membership) {
+            return;
+        }
+        let now = self.now_ms;
+        if let Some((_, deadline)) = self.admin_pending {
+            if now < deadline {
+                return;
+            }
+            self.admin_pending = None;
+            self.stat("admin_timeouts");
+        }
+        if now < self.next_admin_ms || self.quiet_until_ms.is_some_and(|t| t > now) {
+            return;
+        }
+        self.next_admin_ms = now + 100 + self.rng.below(600);
+        let leaders: Vec<(u64, engine::store::RegionInfo)> = self
+            .views()
+            .into_iter()
+            .flat_map(|(id, infos)| infos.into_iter().map(move |i| (id, i)))
+            .filter(|(_, i)| i.is_leader)
+            .collect();
+        if leaders.is_empty() {
+            return;
+        }
+        for (_, i) in &leaders {
+            for p in &i.meta.peers {
+                self.ever_members.insert((i.meta.region_id, p.store_id));
+            }
+        }
+        let (store, info) = leaders[self.rng.below(leaders.len() as u64) as usize].clone();
+        let split = self.p.splits && (!self.p.membership || self.rng.chance(0.4));
+        let request = if split {
+            let key = Self::key_name(1 + self.rng.below(self.p.keys.max(2) - 1));
+            if !info.meta.contains(&key) || key == info.meta.start_key {
+                return;
+            }
+            AdminRequest::Split { split_key: key }
+        } else {
+            match self.membership_change(&info) {
+                Some(r) => r,
+                None => return,
+            }
+        };
+        self.admin_seq += 1;
+        let seq = self.admin_seq;
+        self.admin_pending = Some((seq, now + 3000));
+        *self.stats.entry(admin_name(&request)).or_default() += 1;
+        let answers = Arc::clone(&self.admin_answers);
+        let run = self.node(store).run.as_mut().expect("up");
+        run.lp.handle_event(StoreEvent::Request(
+            ClientRequest::Admin {
+                region_id: info.meta.region_id,
+                epoch: info.meta.epoch,
+                request,
+            },
+            Box::new(move |r| answers.lock().unwrap().push((seq, r))),
+        ));
+        run.touched = true;
+    }
+
+    /// A random membership change of the region its leader `info` describes.
+    fn membership_change(&mut self, info: &engine::store::RegionInfo) -> Option<AdminRequest> {
+        let peers = &info.meta.peers;
+        let voters: Vec<&Peer> = peers.iter().filter(|p| p.role == PeerRole::Voter).collect();
+        let learners: Vec<&Peer> = peers
+            .iter()
+            .filter(|p| p.role == PeerRole::Learner)
+            .collect();
+        let r = info.meta.region_id;
+        let free: Vec<u64> = (1..=self.p.stores)
+            .filter(|s| info.meta.peer_on_store(*s).is_none())
+            .filter(|s| self.p.reuse_stores || !self.ever_members.contains(&(r, *s)))
+            .collect();
+        let roll = self.rng.below(10);
+        if !learners.is_empty() && roll < 5 {
+            let l = learners[self.rng.below(learners.len() as u64) as usize];
+            return Some(AdminRequest::PromoteLearner { peer_id: l.peer_id });
+        }
+        if voters.len() > 3 && roll < 8 {
+            let v = voters[self.rng.below(voters.len() as u64) as usize];
+            if v.peer_id == info.peer_id {
+                let others: Vec<&&Peer> =
+                    voters.iter().filter(|p| p.peer_id != v.peer_id).collect();
+                let t = others[self.rng.below(others.len() as u64) as usize];
+                return Some(AdminRequest::TransferLeader { peer_id: t.peer_id });
+            }
+            return Some(AdminRequest::RemovePeer { peer_id: v.peer_id });
+        }
+        if free.is_empty() {
+            return None;
+        }
+        let s = free[self.rng.below(free.len() as u64) as usize];
+        self.ever_members.insert((r, s));
+        if roll == 9 && voters.len() >= 3 {
+            // Joint: swap a follower voter for a new voter.
+            let others: Vec<&&Peer> = voters
+                .iter()
+                .filter(|p| p.peer_id != info.peer_id)
+                .collect();
+            let v = others[self.rng.below(others.len() as u64) as usize];
+            return Some(AdminRequest::ChangePeers(vec![
+                PeerChange::AddVoter { store_id: s },
+                PeerChange::Remove { peer_id: v.peer_id },
+            ]));
+        }
+        Some(AdminRequest::AddPeer {
+            store_id: s,
+            learner: true,
+        })
+    }
+
+    fn collect_admin_answers(&mut self) {
+        let answers = std::mem::take(&mut *self.admin_answers.lock().unwrap());
+        for (seq, answer) in answers {
+            if self.admin_pending.is_some_and(|(s, _)| s == seq) {
+                self.admin_pending = None;
+            }
+            self.stat(match answer {
+                Ok(_) => "admin_done",
+                Err(RequestError::BadRequest { .. }) => "admin_refused",
+                Err(_) => "admin_failed",
+            });
+        }
+    }
+
+    /// After healing: one put per key, each answered within a bound (no region stalls).
+    fn final_writes(&mut self) {
+        let bound_ms = 15_000;
+        for k in 0..self.p.keys {
+            let key = Self::key_name(k);
+            let started = self.now_ms;
+            self.final_seq += 1;
+            let value = Bytes::from(format!("final-{k}"));
+            let command = Command {
+                client_id: 1000,
+                sequence: self.final_seq,
+                ops: vec![KvOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                }],
+            };
+            self.history.push(Op {
+                client: 1000,
+                key: key.clone(),
+                kind: Kind::Put { value },
+                invoked_ms: self.now_ms,
+                returned_ms: None,
+            });
+            let op = self.history.len() - 1;
+            self.clients[0].pending = Some(Pending {
+                op,
+                attempt: 0,
+                store: None,
+                request: Req::Write { key, command },
+                deadline_ms: self.now_ms + bound_ms,
+                retry_at_ms: None,
+                retries: 0,
+                sent_to: None,
+            });
+            self.submit(0);
+            // Unknown outcomes are re-sent with the same sequence (`final_phase`).
+            while self.clients[0].pending.is_some() && self.now_ms < started + bound_ms {
+                self.step(false);
+            }
+            let answered = self.history[op].returned_ms.is_some();
+            self.clients[0].pending = None;
+            if !answered {
+                self.violations.push(format!(
+                    "key {k}: no final write answered within {bound_ms} ms after healing (at {} ms)",
+                    self.now_ms
+                ));
+            }
+        }
+    }
+}
+
+fn admin_name(r: &AdminRequest) -> &'static str {
+    match r {
+        AdminRequest::AddPeer { .. } => "admin_add_learner",
+        AdminRequest::PromoteLearner { .. } => "admin_promote",
+        AdminRequest::RemovePeer { .. } => "admin_remove",
+        AdminRequest::ChangePeers(_) => "admin_joint",
+        AdminRequest::TransferLeader { .. } => "admin_transfer",
+        AdminRequest::Split { .. } => "admin_split",
     }
 }

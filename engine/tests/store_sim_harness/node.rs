@@ -135,6 +135,8 @@ pub struct Node {
     pub regions: Vec<u64>,
     pub crashes: u32,
     pub read_mode: ReadMode,
+    /// Overrides `StoreConfig::hibernate_idle_ticks`.
+    pub hibernate_idle_ticks: Option<u32>,
 }
 
 /// A formatted sim device for `store_id`.
@@ -173,6 +175,7 @@ impl Node {
             regions,
             crashes: 0,
             read_mode: ReadMode::ReadIndex,
+            hibernate_idle_ticks: None,
         }
     }
 
@@ -218,6 +221,9 @@ impl Node {
         let snap_handle = snaps.handle();
         let mut cfg = StoreConfig::new(self.id);
         cfg.read_mode = self.read_mode;
+        if let Some(t) = self.hibernate_idle_ticks {
+            cfg.hibernate_idle_ticks = t;
+        }
         cfg.rng_seed = (seed ^ 0x51ed).wrapping_add(u64::from(self.crashes)) | 1;
         let transport = Arc::new(SimTransport {
             me: self.id,
@@ -343,6 +349,14 @@ impl Running {
     /// Flushes the loop and runs the workers until the store is quiet (see the module docs).
     pub fn settle(&mut self, regions: &[u64]) {
         self.lp.flush();
+        // Regions come and go (splits, new and removed peers): watch every one listed now.
+        let mut regions = regions.to_vec();
+        for info in self.regions() {
+            if !regions.contains(&info.meta.region_id) {
+                regions.push(info.meta.region_id);
+            }
+        }
+        let regions = &regions[..];
         let mut idle_spins = 0u32;
         loop {
             self.note_builds(regions);
