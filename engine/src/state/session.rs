@@ -180,12 +180,14 @@ impl SessionTable {
 
     /// Inserts or replaces a session as it is (decoding; no eviction).
     fn insert(&mut self, client_id: u64, session: Session) {
-        self.bytes += session.encoded_len();
-        self.by_index.insert((session.index, client_id));
-        if let Some(old) = self.clients.insert(client_id, session) {
+        // Remove the old entry first: it may share the new one's (index, client) key.
+        if let Some(old) = self.clients.remove(&client_id) {
             self.by_index.remove(&(old.index, client_id));
             self.bytes -= old.encoded_len();
         }
+        self.bytes += session.encoded_len();
+        self.by_index.insert((session.index, client_id));
+        self.clients.insert(client_id, session);
         debug_assert_eq!(self.by_index.len(), self.clients.len());
     }
 
@@ -412,6 +414,21 @@ pub(crate) fn decode_results(b: &[u8]) -> Result<Vec<OpResult>, SessionFormatErr
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn replacing_a_session_at_the_same_index_keeps_the_table_consistent() {
+        let mut t = SessionTable::default();
+        t.record(7, 1, 5, &[OpResult::Done], 4);
+        t.record(7, 2, 5, &[OpResult::Done], 4);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(7).map(|s| s.sequence), Some(2));
+        // Eviction still finds the client by its index.
+        for c in 8..12 {
+            t.record(c, 1, 6 + c, &[OpResult::Done], 4);
+        }
+        assert_eq!(t.len(), 4);
+        assert!(t.get(7).is_none(), "the oldest client was evicted");
+    }
 
     fn cas(ok: bool, prev: Option<&'static [u8]>) -> OpResult {
         OpResult::Cas {

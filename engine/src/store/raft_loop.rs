@@ -967,9 +967,14 @@ impl StoreLoop {
         if !entries.is_empty() {
             self.batch.add_entries(region_id, entries);
         }
-        if let Some(hs) = ready.hs() {
-            self.batch.set_hard_state(region_id, *hs);
-        }
+        // The hard state recorded with the snapshot always commits at least its index (the log
+        // starts after it, and a restart must not find a commit below the log's start).
+        let mut hs = match ready.hs() {
+            Some(hs) => *hs,
+            None => self.peers[&region_id].node.raft.hard_state(),
+        };
+        hs.commit = hs.commit.max(meta.index);
+        self.batch.set_hard_state(region_id, hs);
         let persisted = ready.take_persisted_messages();
         self.batch_readies
             .push((region_id, ready.number(), persisted));
@@ -1547,6 +1552,21 @@ impl StoreLoop {
 
     fn serve_read(&mut self, meta: &RegionMeta, r: PendingRead) {
         let region_id = meta.region_id;
+        // The read was checked against the region when it arrived; a split applied since may
+        // have moved its keys away, so check again against the region as it is now (the read
+        // is served at least at this point of the log).
+        let epoch = match &r.request {
+            ClientRequest::Get { epoch, .. } | ClientRequest::Scan { epoch, .. } => *epoch,
+            _ => meta.epoch,
+        };
+        let in_range = match &r.request {
+            ClientRequest::Get { key, .. } => meta.contains(key),
+            _ => true,
+        };
+        if epoch.version != meta.epoch.version || !in_range {
+            let regions = self.current_regions(region_id);
+            return (r.reply)(Err(RequestError::EpochNotMatch { regions }));
+        }
         let request = match r.request {
             ClientRequest::Get { key, .. } => ReadRequest::Get { key },
             ClientRequest::Scan {

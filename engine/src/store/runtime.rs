@@ -154,9 +154,10 @@ pub fn prepare(
 ///   were committed by the cluster and are in the log.
 /// - A region in the log only is either a peer created by a message and waiting for its first
 ///   snapshot (empty configuration), or a split child whose parent will replay the split.
-fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Vec<Found>> {
+fn reconcile(log: &mut LogStore, state: &mut StateStore, store_id: u64) -> Result<Vec<Found>> {
     let mut batch = LogBatch::new();
     let mut found = Vec::new();
+    let mut removed = Vec::new();
     let log_regions = log.region_ids();
     for region_id in state.region_ids() {
         let st = state.region_state(region_id).expect("listed");
@@ -166,6 +167,23 @@ fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Ve
         })?;
         if meta.peer_on_store(store_id).is_none() {
             continue;
+        }
+        if log_regions.contains(&region_id) {
+            // The log's metadata is newer when this store's peer was removed (and destroyed)
+            // after the state store's last checkpoint: the region is no longer ours.
+            let rl = log.region_log(region_id);
+            if let Some(lm) = rl.region_meta().and_then(|b| RegionMeta::decode(&b).ok()) {
+                if lm.epoch.conf_version >= meta.epoch.conf_version
+                    && lm.peer_on_store(store_id).is_none()
+                {
+                    info!(
+                        region_id,
+                        "peer was removed before the crash; not starting it"
+                    );
+                    removed.push(region_id);
+                    continue;
+                }
+            }
         }
         if !log_regions.contains(&region_id) {
             batch.set_snapshot(region_id, st.applied_index, st.applied_term);
@@ -189,6 +207,24 @@ fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Ve
                 key: "raft log",
                 reason: format!("region {region_id}: {e}"),
             })?;
+            // Raft starts from the configuration as of the applied index and replays the
+            // membership changes after it; the log's own record may be older (it is written at
+            // bootstrap and snapshot installs only).
+            let first = rl.first_index().unwrap_or(1);
+            if st.applied_index + 1 < first {
+                // The log was compacted past what the state store holds: this peer cannot
+                // replay; it needs a snapshot, which only a fresh peer can take.
+                warn!(
+                    region_id,
+                    applied = st.applied_index,
+                    first_index = first,
+                    "state store is behind the compacted log; not serving the region"
+                );
+                continue;
+            }
+            if rs.conf_state != st.conf_state {
+                batch.set_conf_state(region_id, st.conf_state.clone());
+            }
             let last = rl.last_index().unwrap_or(0);
             if st.applied_index > last {
                 // A snapshot was installed (durable in the state store) but the log records
@@ -200,9 +236,9 @@ fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Ve
                 hs.commit = st.applied_index;
                 hs.term = hs.term.max(st.applied_term);
                 batch.set_hard_state(region_id, hs);
-            } else if rs.hard_state.commit < st.applied_index {
+            } else if rs.hard_state.commit < st.applied_index.max(first - 1) {
                 let mut hs = rs.hard_state;
-                hs.commit = st.applied_index;
+                hs.commit = st.applied_index.max(first - 1);
                 hs.term = hs.term.max(st.applied_term);
                 batch.set_hard_state(region_id, hs);
             }
@@ -237,6 +273,9 @@ fn reconcile(log: &mut LogStore, state: &StateStore, store_id: u64) -> Result<Ve
     }
     if !batch.is_empty() {
         log.write_sync(batch)?;
+    }
+    for region_id in removed {
+        state.remove_region(region_id)?;
     }
     Ok(found)
 }

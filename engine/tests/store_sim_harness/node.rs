@@ -333,7 +333,7 @@ impl Running {
         };
         self.apply.send(barrier).expect("apply worker alive");
         let _answer = rx
-            .recv_timeout(Duration::from_secs(60))
+            .recv_timeout(Duration::from_secs(10))
             .expect("apply worker answers the barrier");
         true
     }
@@ -518,6 +518,6 @@ impl Running {
             .expect("apply alive");
         rx.recv_timeout(Duration::from_secs(60))
             .expect("scan answer")
-            .expect("scan")
+            .unwrap_or_else(|e| vec![(Bytes::from(format!("<scan failed: {e}>")), Bytes::new())])
     }
 }
