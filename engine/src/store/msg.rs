@@ -28,6 +28,9 @@ pub enum MessageKind {
     /// Store-level liveness ping (`region_id` 0): hibernating followers wake when their
     /// leader's store falls silent.
     StoreHeartbeat,
+    /// The leader tells a peer it was removed from the region (at the envelope's conf
+    /// version): a removed peer may never see its removal committed.
+    PeerRemoved,
 }
 
 /// A Raft message addressed to one region peer on another store.
@@ -84,6 +87,7 @@ impl RaftMessage {
             MessageKind::HibernateRequest => 1,
             MessageKind::HibernateAck => 2,
             MessageKind::StoreHeartbeat => 3,
+            MessageKind::PeerRemoved => 4,
         };
         out.extend_from_slice(&[RAFT_MESSAGE_VERSION, kind]);
         put_u64(out, self.region_id);
@@ -115,6 +119,7 @@ impl RaftMessage {
             1 => MessageKind::HibernateRequest,
             2 => MessageKind::HibernateAck,
             3 => MessageKind::StoreHeartbeat,
+            4 => MessageKind::PeerRemoved,
             tag => {
                 return Err(WireError::UnknownTag {
                     what: "message kind",

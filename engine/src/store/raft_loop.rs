@@ -755,6 +755,7 @@ impl StoreLoop {
             }
             MessageKind::HibernateRequest => return self.on_hibernate_request(m),
             MessageKind::HibernateAck => return self.on_hibernate_ack(m),
+            MessageKind::PeerRemoved => return self.on_peer_removed(m),
             MessageKind::Raft => {}
         }
         self.store_seen.insert(m.from.store_id, self.tick_no);
@@ -1183,42 +1184,38 @@ impl StoreLoop {
         } else {
             decode_peer_list(&cc.context).map_err(|e| e.to_string())?
         };
-        let mut peers = Vec::new();
-        for id in cs.voters.iter().chain(cs.voters_outgoing.iter()) {
-            if peers.iter().any(|p: &Peer| p.peer_id == *id) {
+        let mut peers: Vec<Peer> = Vec::new();
+        let voters = cs.voters.iter().chain(cs.voters_outgoing.iter());
+        let voters = voters.map(|id| (*id, PeerRole::Voter));
+        let learners = cs.learners.iter().chain(cs.learners_next.iter());
+        let learners = learners.map(|id| (*id, PeerRole::Learner));
+        // Voters first: a peer both outgoing voter and incoming learner stays a voter until the
+        // joint configuration is left.
+        for (id, role) in voters.chain(learners) {
+            if peers.iter().any(|p| p.peer_id == id) {
                 continue;
             }
             let store_id = peer
                 .meta
-                .peer(*id)
-                .map(|p| p.store_id)
-                .or_else(|| added.iter().find(|p| p.peer_id == *id).map(|p| p.store_id));
+                .peer(id)
+                .or_else(|| added.iter().find(|p| p.peer_id == id))
+                .map(|p| p.store_id);
             if let Some(store_id) = store_id {
                 peers.push(Peer {
-                    peer_id: *id,
+                    peer_id: id,
                     store_id,
-                    role: PeerRole::Voter,
-                });
-            }
-        }
-        for id in cs.learners.iter().chain(cs.learners_next.iter()) {
-            if peers.iter().any(|p: &Peer| p.peer_id == *id) {
-                continue;
-            }
-            let store_id = peer
-                .meta
-                .peer(*id)
-                .map(|p| p.store_id)
-                .or_else(|| added.iter().find(|p| p.peer_id == *id).map(|p| p.store_id));
-            if let Some(store_id) = store_id {
-                peers.push(Peer {
-                    peer_id: *id,
-                    store_id,
-                    role: PeerRole::Learner,
+                    role,
                 });
             }
         }
         peers.sort_by_key(|p| p.peer_id);
+        let gone: Vec<Peer> = peer
+            .meta
+            .peers
+            .iter()
+            .filter(|p| !peers.iter().any(|q| q.peer_id == p.peer_id))
+            .copied()
+            .collect();
         peer.meta.peers = peers;
         peer.meta.epoch.conf_version += 1;
         let removed = peer.meta.peer(peer.me.peer_id).is_none();
@@ -1226,6 +1223,20 @@ impl StoreLoop {
             peer.me = me;
         }
         info!(store = self.cfg.store_id, region_id, index = e.index, peers = ?peer.meta.peers, "membership changed");
+        // A removed peer may never see the commit of its own removal (the leader stops
+        // replicating to it): the leader tells it, so it destroys itself.
+        if peer.is_leader() {
+            for to in gone {
+                let env = Self::raft_envelope(
+                    &peer.meta,
+                    peer.me,
+                    to,
+                    MessageKind::PeerRemoved,
+                    Message::default(),
+                );
+                self.transport.send(to.store_id, vec![env]);
+            }
+        }
         Ok((cs, removed))
     }
 
@@ -1993,6 +2004,27 @@ impl StoreLoop {
         let env = Self::raft_envelope(&peer.meta, peer.me, m.from, MessageKind::HibernateAck, msg);
         self.transport.send(m.from.store_id, vec![env]);
         self.hibernate(region_id);
+    }
+
+    /// The leader says this peer was removed (at a newer conf version than this peer knows).
+    fn on_peer_removed(&mut self, m: RaftMessage) {
+        let Some(peer) = self.peers.get(&m.region_id) else {
+            return;
+        };
+        if peer.me.peer_id != m.to.peer_id || m.epoch.conf_version <= peer.meta.epoch.conf_version {
+            return;
+        }
+        info!(
+            store = self.cfg.store_id,
+            region_id = m.region_id,
+            "told by the leader that this peer was removed"
+        );
+        // Record the removal in the log first, so a restart does not start the peer again.
+        let mut meta = peer.meta.clone();
+        meta.peers.retain(|p| p.peer_id != m.to.peer_id);
+        meta.epoch.conf_version = m.epoch.conf_version;
+        self.batch.set_region_meta(m.region_id, meta.encode());
+        self.destroy_peer(m.region_id);
     }
 
     fn on_hibernate_ack(&mut self, m: RaftMessage) {
