@@ -536,7 +536,6 @@ fn membership_regressions() {
 /// 30278, 30296 of 30019..30318). Suspect: a snapshot install recorded in the log but not
 /// durable in the state store before a power loss, and `reconcile` only handles the opposite.
 #[test]
-#[ignore = "bug: a member's state store lacks the region after crashes (snapshot install lost)"]
 fn membership_member_without_state() {
     run_seeds(seeds(1, 30_103), membership_params());
 }
@@ -554,7 +553,6 @@ fn membership_commit_out_of_range() {
 /// 48]" (raftlog/src/raft_log.rs:431): the state store says the region is at its initial index
 /// (5) while the log has it at 48. Seed 30159 (also 30285).
 #[test]
-#[ignore = "bug: raftlog panics 'applied out of range' (state store at the initial index, log ahead)"]
 fn membership_applied_out_of_range() {
     run_seeds(seeds(1, 30_159), membership_params());
 }

@@ -17,7 +17,9 @@ use tracing::{info, info_span, warn};
 
 use super::api::{StoreEvent, StoreRouter, Transport};
 use super::config::StoreConfig;
-use super::raft_loop::{init_region_records, init_region_state, LogSink, PeerOrigin, StoreLoop};
+use super::raft_loop::{
+    init_region_records, init_region_state, LogSink, PeerOrigin, StoreLoop, REGION_INIT_INDEX,
+};
 use super::region::RegionMeta;
 use crate::device::{open_store, OpenOptions};
 use crate::error::{EngineError, Result};
@@ -267,6 +269,19 @@ fn reconcile(log: &mut LogStore, state: &mut StateStore, store_id: u64) -> Resul
         let origin = if rs.conf_state.voters.is_empty() && rs.conf_state.learners.is_empty() {
             PeerOrigin::Uninitialized
         } else {
+            // A split child's log starts right after the init index and is compacted only
+            // after a checkpoint that holds the child. A compacted log without a state-store
+            // region is a peer that was destroyed (its removal checkpointed, the log's last
+            // metadata not yet durable): it must not start again.
+            let first = rl.first_index().unwrap_or(1);
+            if first > REGION_INIT_INDEX + 1 {
+                info!(
+                    region_id,
+                    first_index = first,
+                    "log of a destroyed peer; not starting it"
+                );
+                continue;
+            }
             PeerOrigin::AwaitingSplit
         };
         found.push(Found { meta, origin });
