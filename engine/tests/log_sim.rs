@@ -82,6 +82,15 @@ impl Run {
         } else if self.rng.chance(0.08) {
             self.compact_some(store, false);
         }
+        if self.rng.chance(0.02) {
+            // A destroyed peer's region starts over (the next batches write it from index 1).
+            let region_id = 1 + self.rng.below(self.regions);
+            let mut clean = engine::log::LogBatch::new();
+            clean.clean_region(region_id);
+            let recs = clean.records().to_vec();
+            let t = store.append(clean).expect("append clean");
+            self.pending.push((t.0, recs));
+        }
         let projected = self.projected();
         let batch = random_batch(&mut self.rng, &projected, self.regions, self.step);
         let recs = batch.records().to_vec();

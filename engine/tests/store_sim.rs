@@ -149,8 +149,8 @@ fn splits_under_faults() {
 
 /// Five stores, regions starting on three: learners added, promoted, voters removed (after a
 /// leader transfer when it is the leader), joint changes; new peers caught up by snapshot.
-/// NOTE: the default seeds are a window that passes; about a quarter of seeds hit the bugs of
-/// the ignored `membership_*` tests below (`BASALT_SIM_RUNS=100` from 30000 fails 27).
+/// `BASALT_SIM_RUNS=250` passes (it failed about a quarter of seeds before stale-peer
+/// tombstones, log cleaning and the snapshot checks; see the regressions below).
 #[test]
 fn membership_changes_under_faults() {
     run_seeds(
@@ -168,8 +168,8 @@ fn membership_changes_under_faults() {
     );
 }
 
-/// Splits and membership changes together. NOTE: default seeds pass; about one seed in eight
-/// hits the membership bugs (ignored tests below).
+/// Splits and membership changes together (a split child's snapshot waits while a stale parent
+/// peer overlaps it; stale peers learn of their removal from any newer member).
 #[test]
 fn splits_and_membership_under_faults() {
     run_seeds(
@@ -459,14 +459,14 @@ fn split_racing_a_read_loses_the_key() {
     );
 }
 
-/// BUG (engine/src/store/raft_loop.rs `ensure_peer_for`): store 3's peer of region 1 is
-/// removed (joint change) while store 3 is cut off, so it never learns of it; store 3 is then
-/// re-added (learner, promoted) under a new peer id. Every message to the new peer is dropped
-/// (`p.me.peer_id == m.to.peer_id` fails against the stale peer) and the stale peer is never
-/// destroyed: the region runs with a voter that can never exist and the run never converges.
-/// Seed 30000.
+/// Regression (seed 30000): store 3's peer of region 1 is removed (joint change) while store 3
+/// is cut off, so it never learns of it; store 3 is then re-added under a new peer id. Messages
+/// to the new peer used to be dropped against the stale one. Now a message from a newer
+/// configuration to another peer id destroys the stale peer, cleans the region's log (a `Clean`
+/// record) and, once that is durable, starts the new peer empty, caught up by snapshot. The same
+/// seed also re-creates a peer on a store whose earlier peer was removed normally: its log must
+/// start empty too, or the leader's appends match the old entries and skip the snapshot.
 #[test]
-#[ignore = "bug: a stale removed peer blocks re-adding its store (messages to the new peer dropped)"]
 fn readding_a_store_with_a_stale_peer() {
     run_seeds(
         seeds(1, 30_000),
@@ -506,7 +506,7 @@ fn session_replaced_at_the_same_index() {
     );
 }
 
-/// The membership family's parameters (for the ignored repros below).
+/// The membership family's parameters (for the regressions below).
 fn membership_params() -> Params {
     Params {
         stores: 5,
@@ -540,31 +540,31 @@ fn membership_member_without_state() {
     run_seeds(seeds(1, 30_103), membership_params());
 }
 
-/// BUG: raftlog panics at peer start: "hard state commit 29 out of range [30, 30]"
-/// (raftlog/src/raft/mod.rs:173): the log's snapshot index is above the hard state's commit
-/// after a crash. Seed 30166 (also 30184).
+/// Regression (seed 30166, also 30184; once a raftlog panic "hard state commit out of range"):
+/// a leader sent a new learner a snapshot built before the learner was added; the learner
+/// installed a region without itself, took the next membership change for its removal and
+/// destroyed itself. Now the leader never sends a snapshot whose configuration lacks the
+/// receiver (it builds a newer one) and a receiver refuses such a snapshot.
 #[test]
-#[ignore = "bug: raftlog panics 'hard state commit out of range' after membership changes and crashes"]
 fn membership_commit_out_of_range() {
     run_seeds(seeds(1, 30_166), membership_params());
 }
 
-/// BUG: raftlog panics at peer start: "applied(5) is out of range [prev applied 48, committed
-/// 48]" (raftlog/src/raft_log.rs:431): the state store says the region is at its initial index
-/// (5) while the log has it at 48. Seed 30159 (also 30285).
+/// Regression (seed 30159, also 30285): raftlog panicked at peer start with "applied(5) is out
+/// of range [prev applied 48, committed 48]" (fixed in an earlier session); with destroyed peers
+/// recorded as tombstones it then met the snapshot-before-addition case above.
 #[test]
 fn membership_applied_out_of_range() {
     run_seeds(seeds(1, 30_159), membership_params());
 }
 
-/// BUG (splits): after healing, split child 6701953927533347284 is listed by stores 2 and 3 at
-/// the common applied index but their state stores have no such region ("not in the state
-/// store"), and puts to keys 5 and 6 are never answered (the final writes stall). Seed 20005
-/// of the eager split family (about one seed in thirty; 20000 hits the session bug instead).
-/// Suspect: a child created by a snapshot or by the parent's split replay around a crash
-/// (`apply_split`'s `awaiting_state`/`ChildExisted` paths) without its state-store region.
+/// Regression (seed 20005 of the eager split family): stores 2 and 3 received a snapshot of the
+/// parent taken after the split, so they never applied the split and never created the child;
+/// the child on store 1 campaigned, but only a leader's message created peers, so it never won
+/// and keys 5 and 6 stalled. Now a candidate's vote request creates the peer too (unless a
+/// tombstone says this store's peer was removed), and a split that supersedes such a peer keeps
+/// the term and vote it cast.
 #[test]
-#[ignore = "bug: a split child without its state-store region on followers; its keys stall"]
 fn split_child_missing_from_state_store() {
     run_seeds(
         seeds(1, 20_005),

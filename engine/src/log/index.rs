@@ -221,6 +221,26 @@ impl LogIndex {
                 self.region_mut(region_id).meta = Some(data.clone());
                 self.move_state(region_id, StateKind::Meta, at.segment);
             }
+            Record::Clean { .. } => self.clean(region_id),
+        }
+    }
+
+    /// Forgets everything of `region_id`: its states no longer pin their segments and its
+    /// entries no longer keep any segment alive (a region of the same id starts over at index
+    /// 1, below the entries the old one left in older segments).
+    fn clean(&mut self, region_id: u64) {
+        let Some(r) = self.regions.remove(&region_id) else {
+            return;
+        };
+        for segment in r.state_segments.into_iter().flatten() {
+            self.segments.usage_mut(segment).latest_state_count -= 1;
+        }
+        self.cache_bytes -= r.cache.iter().map(Entry::size_bytes).sum::<u64>();
+        for segment in self.segments.in_use() {
+            self.segments
+                .usage_mut(segment)
+                .region_index_max
+                .remove(&region_id);
         }
     }
 
@@ -488,6 +508,43 @@ mod tests {
             (reg.first_index, reg.last_index(), reg.term(5)),
             (6, 5, Some(1))
         );
+    }
+
+    #[test]
+    fn clean_forgets_a_region_and_unpins_its_segments() {
+        let mut ix = index(1 << 20);
+        let (r, s) = ents(1, 1, 5, 1);
+        ix.apply(&r, &s, at(0), true);
+        ix.apply(
+            &Record::ConfState {
+                region_id: 1,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    ..Default::default()
+                },
+            },
+            &[],
+            at(0),
+            true,
+        );
+        assert!(!ix.segment_is_dead(0));
+        ix.apply(&Record::Clean { region_id: 1 }, &[], at(1), true);
+        assert!(ix.region(1).is_none());
+        assert_eq!(ix.cache_bytes(), 0);
+        assert!(
+            ix.segment_is_dead(0),
+            "nothing of the old region pins segment 0"
+        );
+        // The region starts over at index 1, below what segment 0 held of the old one.
+        let (r, s) = ents(1, 1, 2, 3);
+        ix.apply(&r, &s, at(1), true);
+        assert!(ix.segment_is_dead(0));
+        let reg = ix.region(1).expect("region");
+        assert_eq!(
+            (reg.first_index, reg.last_index(), reg.term(2)),
+            (1, 2, Some(3))
+        );
+        assert_eq!(reg.conf_state, ConfState::default());
     }
 
     #[test]

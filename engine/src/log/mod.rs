@@ -121,6 +121,13 @@ impl LogBatch {
         self
     }
 
+    /// Discards everything the log holds of `region_id` (written before this record); the
+    /// records after it start the region's log over (see [`Record::Clean`]).
+    pub fn clean_region(&mut self, region_id: u64) -> &mut Self {
+        self.records.push(Record::Clean { region_id });
+        self
+    }
+
     /// Records that the region's state now comes from a snapshot at (`index`, `term`): entries
     /// up to `index` are discarded, and if `index` is beyond the last entry the log is emptied
     /// and continues at `index + 1` (a `Compact` record; added for snapshot installs).

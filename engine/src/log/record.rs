@@ -107,6 +107,8 @@ pub mod kind {
     pub const COMPACT: u8 = 4;
     /// Opaque region metadata (owned by the store layer).
     pub const REGION_META: u8 = 5;
+    /// Everything the log holds of a region is discarded (its peer was destroyed).
+    pub const CLEAN: u8 = 6;
 }
 
 /// One record of a batch.
@@ -151,6 +153,13 @@ pub enum Record {
         /// The bytes.
         data: Bytes,
     },
+    /// Everything recorded of the region before this record is discarded: entries, hard state,
+    /// configuration, compaction point and metadata. The region's log starts over empty (a
+    /// stale peer replaced by a new peer of the same region on this store).
+    Clean {
+        /// The region.
+        region_id: u64,
+    },
 }
 
 impl Record {
@@ -161,7 +170,8 @@ impl Record {
             | Record::HardState { region_id, .. }
             | Record::ConfState { region_id, .. }
             | Record::Compact { region_id, .. }
-            | Record::RegionMeta { region_id, .. } => *region_id,
+            | Record::RegionMeta { region_id, .. }
+            | Record::Clean { region_id } => *region_id,
         }
     }
 
@@ -190,6 +200,7 @@ impl Record {
             }
             Record::Compact { .. } => 24,
             Record::RegionMeta { data, .. } => 8 + data.len(),
+            Record::Clean { .. } => 8,
         }
     }
 
@@ -264,6 +275,7 @@ impl Record {
                 out.put(&region_id.to_le_bytes());
                 out.put(data);
             }
+            Record::Clean { region_id } => out.put(&region_id.to_le_bytes()),
         }
     }
 
@@ -274,6 +286,7 @@ impl Record {
             Record::ConfState { .. } => kind::CONF_STATE,
             Record::Compact { .. } => kind::COMPACT,
             Record::RegionMeta { .. } => kind::REGION_META,
+            Record::Clean { .. } => kind::CLEAN,
         }
     }
 }
@@ -480,6 +493,12 @@ fn decode_record(p: &Bytes, pos: usize) -> Result<(DecodedRecord, usize), Payloa
                 data: p.slice(body + 8..end),
             }
         }
+        kind::CLEAN => {
+            fixed(8)?;
+            Record::Clean {
+                region_id: get_u64(p, body),
+            }
+        }
         _ => {
             return Err(PayloadError {
                 pos,
@@ -628,6 +647,7 @@ mod tests {
                 region_id: 4,
                 data: Bytes::from_static(b"meta"),
             },
+            Record::Clean { region_id: 9 },
         ]
     }
 

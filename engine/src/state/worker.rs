@@ -633,8 +633,11 @@ impl ApplyLoop {
             ApplyRequest::Apply(task) => self.apply_task(task)?,
             ApplyRequest::CreateRegion(state) => self.store.create_region(state)?,
             ApplyRequest::RemoveRegion(region_id) => {
-                self.store.remove_region(region_id)?;
-                self.compaction_wanted = true;
+                // A peer destroyed before its first snapshot has nothing here.
+                if self.store.region_state(region_id).is_some() {
+                    self.store.remove_region(region_id)?;
+                    self.compaction_wanted = true;
+                }
             }
             ApplyRequest::Split {
                 region_id,

@@ -28,8 +28,10 @@ pub enum MessageKind {
     /// Store-level liveness ping (`region_id` 0): hibernating followers wake when their
     /// leader's store falls silent.
     StoreHeartbeat,
-    /// The leader tells a peer it was removed from the region (at the envelope's conf
-    /// version): a removed peer may never see its removal committed.
+    /// A member tells a peer it was removed from the region (at the envelope's conf
+    /// version): a removed peer may never see its removal committed. The leader sends it when
+    /// the removal applies; any member sends it when a peer of an older configuration that its
+    /// own no longer has talks to it.
     PeerRemoved,
 }
 

@@ -92,6 +92,14 @@ pub(crate) struct PeerState {
     pub heard: std::collections::HashMap<u64, Peer>,
     /// The role at the last soft state seen.
     pub role: StateRole,
+    /// Tells this peer object apart from an earlier or later one of the same region on this
+    /// store (a replaced stale or uninitialized peer): a Ready's durability reaches only the
+    /// raft node that produced it.
+    pub incarnation: u64,
+    /// Set when the peer was removed while a snapshot install was running: it is destroyed
+    /// (with this metadata recorded) when the install ends, so the state store never sees an
+    /// install into a region already removed.
+    pub pending_destroy: Option<RegionMeta>,
 }
 
 impl PeerState {

@@ -121,10 +121,12 @@ pub fn conf_state_of(meta: &RegionMeta) -> ConfState {
 
 struct InflightBatch {
     batch_no: u64,
-    /// (region, Ready number, persisted messages) in Ready order.
-    readies: Vec<(u64, u64, Vec<Message>)>,
+    /// (region, peer incarnation, Ready number, persisted messages) in Ready order.
+    readies: Vec<(u64, u64, u64, Vec<Message>)>,
     /// Regions whose log starts in this batch: their peers are created when it is durable.
     created: Vec<(RegionMeta, bool)>,
+    /// Regions whose log is cleaned in this batch (a destroyed peer).
+    cleaned: Vec<u64>,
     /// Snapshot installs whose log records are in this batch.
     installed: Vec<(u64, crossbeam_channel::Sender<SnapshotReceipt>)>,
     submitted: Instant,
@@ -141,6 +143,19 @@ pub enum PeerOrigin {
     AwaitingSplit,
     /// Created by a message; waits for a snapshot.
     Uninitialized,
+    /// This store's peer was removed from the region (the metadata given is the newest this
+    /// store recorded): no peer starts, and only a message from a newer configuration, to
+    /// another peer id, creates one again.
+    Removed,
+}
+
+/// What a store remembers of a region whose peer here was destroyed.
+#[derive(Clone, Copy, Debug)]
+struct Tombstone {
+    /// The destroyed peer (0 when unknown).
+    peer_id: u64,
+    /// The region's conf version as the store last knew it.
+    conf_version: u64,
 }
 
 /// The raft loop of one store. See the module docs for the call order.
@@ -158,15 +173,20 @@ pub struct StoreLoop {
     snapshots: SnapshotHandle,
     metrics: Arc<StoreMetrics>,
     batch: LogBatch,
-    batch_readies: Vec<(u64, u64, Vec<Message>)>,
+    batch_readies: Vec<(u64, u64, u64, Vec<Message>)>,
+    next_incarnation: u64,
     batch_created: Vec<(RegionMeta, bool)>,
+    batch_cleaned: Vec<u64>,
+    /// Regions whose log clean is not durable yet: no new peer of theirs starts before.
+    cleaning: HashSet<u64>,
     batch_installed: Vec<(u64, crossbeam_channel::Sender<SnapshotReceipt>)>,
     next_batch_no: u64,
     inflight: VecDeque<InflightBatch>,
     /// Split children whose log is being started.
     creating: HashSet<u64>,
-    /// Regions whose peer here was removed (messages to them are dropped).
-    tombstones: HashSet<u64>,
+    /// Regions whose peer here was removed: messages to them are dropped unless they come from
+    /// a newer configuration and address another peer (the store was added back).
+    tombstones: HashMap<u64, Tombstone>,
     next_read_ctx: u64,
     ids: IdGen,
     tick_no: u64,
@@ -219,12 +239,15 @@ impl StoreLoop {
             metrics,
             batch: LogBatch::new(),
             batch_readies: Vec::new(),
+            next_incarnation: 1,
             batch_created: Vec::new(),
+            batch_cleaned: Vec::new(),
+            cleaning: HashSet::new(),
             batch_installed: Vec::new(),
             next_batch_no: 1,
             inflight: VecDeque::new(),
             creating: HashSet::new(),
-            tombstones: HashSet::new(),
+            tombstones: HashMap::new(),
             next_read_ctx: 1,
             tick_no: 0,
             store_seen: HashMap::new(),
@@ -269,6 +292,19 @@ impl StoreLoop {
         campaign: bool,
     ) -> crate::error::Result<()> {
         let region_id = meta.region_id;
+        if let PeerOrigin::Removed = origin {
+            let peer_id = meta
+                .peer_on_store(self.cfg.store_id)
+                .map_or(0, |p| p.peer_id);
+            self.tombstones.insert(
+                region_id,
+                Tombstone {
+                    peer_id,
+                    conf_version: meta.epoch.conf_version,
+                },
+            );
+            return Ok(());
+        }
         let Some(me) = meta.peer_on_store(self.cfg.store_id).copied() else {
             return Err(crate::error::EngineError::InvalidConfig {
                 key: "region peers",
@@ -282,6 +318,7 @@ impl StoreLoop {
             PeerOrigin::Initialized { applied_index } => (applied_index, true, false),
             PeerOrigin::AwaitingSplit => (REGION_INIT_INDEX, true, true),
             PeerOrigin::Uninitialized => (0, false, false),
+            PeerOrigin::Removed => unreachable!("handled above"),
         };
         let storage = RegionStorage::new(self.log.region_log(region_id), self.snapshots.clone());
         let c = raft_config(&self.cfg, me.peer_id, applied);
@@ -311,7 +348,10 @@ impl StoreLoop {
             hibernating: false,
             role: StateRole::Follower,
             heard: HashMap::new(),
+            incarnation: self.next_incarnation,
+            pending_destroy: None,
         };
+        self.next_incarnation += 1;
         self.peers.insert(region_id, peer);
         self.awake.insert(region_id);
         self.dirty.insert(region_id);
@@ -474,8 +514,9 @@ impl StoreLoop {
             }
             let b = self.inflight.pop_front().expect("front exists");
             self.metrics.log_write_latency.record(b.submitted.elapsed());
-            for (region_id, number, msgs) in b.readies {
-                if let Some(p) = self.peers.get_mut(&region_id) {
+            for (region_id, incarnation, number, msgs) in b.readies {
+                let p = self.peers.get_mut(&region_id);
+                if let Some(p) = p.filter(|p| p.incarnation == incarnation) {
                     p.node.on_persist_ready(number);
                     let region_id = p.region_id();
                     self.send_raft(region_id, msgs);
@@ -486,6 +527,9 @@ impl StoreLoop {
                 let _ = receipts.send(SnapshotReceipt::Installed);
                 self.metrics.snapshots_received_total.inc();
                 self.dirty.insert(region_id);
+            }
+            for region_id in b.cleaned {
+                self.cleaning.remove(&region_id);
             }
             for (meta, campaign) in b.created {
                 let region_id = meta.region_id;
@@ -511,6 +555,7 @@ impl StoreLoop {
         if self.failed.is_none() {
             let dirty = std::mem::take(&mut self.dirty);
             for region_id in dirty {
+                self.issue_reads(region_id);
                 self.process_ready(region_id);
             }
             self.submit_batch();
@@ -531,6 +576,7 @@ impl StoreLoop {
                 last.readies.append(&mut self.batch_readies);
                 last.installed.append(&mut self.batch_installed);
                 last.created.append(&mut self.batch_created);
+                last.cleaned.append(&mut self.batch_cleaned);
                 return;
             }
             let no = self.next_batch_no;
@@ -555,6 +601,7 @@ impl StoreLoop {
             batch_no,
             readies: std::mem::take(&mut self.batch_readies),
             created: std::mem::take(&mut self.batch_created),
+            cleaned: std::mem::take(&mut self.batch_cleaned),
             installed: std::mem::take(&mut self.batch_installed),
             submitted: Instant::now(),
         });
@@ -590,6 +637,11 @@ impl StoreLoop {
         if !committed.is_empty() {
             self.dispatch(region_id, committed);
         }
+        if !self.peers.contains_key(&region_id) {
+            // The peer applied its own removal and was destroyed (its log cleaned): nothing
+            // of this Ready is written or sent.
+            return;
+        }
         let read_states = rd.take_read_states();
         for rs in read_states {
             self.on_read_state(region_id, rs.index, &rs.request_ctx);
@@ -602,7 +654,9 @@ impl StoreLoop {
             self.batch.set_hard_state(region_id, *hs);
         }
         let persisted = rd.take_persisted_messages();
-        self.batch_readies.push((region_id, rd.number(), persisted));
+        let incarnation = self.peers.get(&region_id).map_or(0, |p| p.incarnation);
+        self.batch_readies
+            .push((region_id, incarnation, rd.number(), persisted));
         if let Some(peer) = self.peers.get_mut(&region_id) {
             peer.node.advance_append_async(rd);
         }
@@ -716,6 +770,28 @@ impl StoreLoop {
             self.report_snapshot_now(region_id, to.peer_id);
             return;
         }
+        // A snapshot from before the receiver was added would install a region without it,
+        // which the receiver (rightly) takes for its removal: build a newer one (Raft asks
+        // again after the failure).
+        let cs = &built.state.conf_state;
+        let lists = [
+            &cs.voters,
+            &cs.learners,
+            &cs.voters_outgoing,
+            &cs.learners_next,
+        ];
+        if !lists.iter().any(|l| l.contains(&to.peer_id)) {
+            debug!(
+                region_id,
+                to = to.peer_id,
+                index = wanted.index,
+                "snapshot predates the receiver's addition; building a newer one"
+            );
+            self.snapshots.release(region_id, built.meta.snapshot_id);
+            self.snapshots.request_build(region_id);
+            self.report_snapshot_now(region_id, to.peer_id);
+            return;
+        }
         // The receiver learns the region (range, epoch, peers) as of the snapshot from here.
         m.context = built.state.meta.clone();
         let env = Self::raft_envelope(&peer.meta, peer.me, to, MessageKind::Raft, m);
@@ -764,6 +840,23 @@ impl StoreLoop {
             return;
         }
         let peer = self.peers.get_mut(&region_id).expect("ensured");
+        if peer.initialized
+            && peer.meta.peer(m.from.peer_id).is_none()
+            && m.epoch.conf_version < peer.meta.epoch.conf_version
+        {
+            // A peer of an older configuration that this one no longer has: it was removed and
+            // never heard of it (cut off when the leader told it). Tell it now; any member
+            // with the newer configuration knows as much as the leader did.
+            let env = Self::raft_envelope(
+                &peer.meta,
+                peer.me,
+                m.from,
+                MessageKind::PeerRemoved,
+                Message::default(),
+            );
+            self.transport.send(m.from.store_id, vec![env]);
+            return;
+        }
         if peer.meta.peer(m.from.peer_id).is_none() && peer.heard.len() < 64 {
             peer.heard.insert(m.from.peer_id, m.from);
         }
@@ -786,18 +879,52 @@ impl StoreLoop {
         if m.to.store_id != self.cfg.store_id {
             return false;
         }
-        if let Some(p) = self.peers.get(&m.region_id) {
-            return p.me.peer_id == m.to.peer_id;
-        }
-        if self.tombstones.contains(&m.region_id) || self.creating.contains(&m.region_id) {
-            return false;
-        }
-        let from_leader = matches!(
+        // Messages that may create a peer: a leader's (the peer was added, or is a split child
+        // this store has not created yet) and a candidate's (a split child elsewhere whose
+        // parent here jumped past the split by a snapshot: no one else would ever create it).
+        let creates = matches!(
             m.msg.msg_type,
-            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            MessageType::MsgAppend
+                | MessageType::MsgHeartbeat
+                | MessageType::MsgSnapshot
+                | MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
         );
-        if !from_leader {
+        if let Some(p) = self.peers.get(&m.region_id) {
+            if p.me.peer_id == m.to.peer_id {
+                return true;
+            }
+            // Another peer id of this region on this store, from a newer configuration: ours
+            // was removed while it was cut off and never heard of it; the store was then added
+            // back. Destroy the stale peer and start its log over for the new one.
+            if !creates || m.epoch.conf_version <= p.meta.epoch.conf_version {
+                return false;
+            }
+            if p.installing.is_some() || self.creating.contains(&m.region_id) {
+                return false;
+            }
+            info!(
+                store = self.cfg.store_id,
+                region_id = m.region_id,
+                stale_peer = p.me.peer_id,
+                new_peer = m.to.peer_id,
+                conf_version = m.epoch.conf_version,
+                "a newer configuration has another peer here; destroying the stale one"
+            );
+            let mut recorded = p.meta.clone();
+            recorded.peers.retain(|q| q.peer_id != p.me.peer_id);
+            self.destroy_peer(m.region_id, recorded);
+            // The new peer starts once the clean is durable (its log must start empty).
             return false;
+        }
+        if self.creating.contains(&m.region_id) || self.cleaning.contains(&m.region_id) || !creates
+        {
+            return false;
+        }
+        if let Some(t) = self.tombstones.get(&m.region_id) {
+            if t.peer_id == m.to.peer_id || m.epoch.conf_version <= t.conf_version {
+                return false;
+            }
         }
         let meta = RegionMeta {
             region_id: m.region_id,
@@ -829,6 +956,30 @@ impl StoreLoop {
             Ok(m) if m.region_id == region_id => m,
             _ => return reject(s, "snapshot without valid region metadata"),
         };
+        if region_meta.peer(s.message.to.peer_id).is_none() {
+            return reject(s, "snapshot from before this peer was added");
+        }
+        // A split child's snapshot reaching a store whose parent has not applied the split
+        // yet: refused until the parent's split (or a newer snapshot of it) narrows it, so a
+        // store's initialized regions never overlap. The sender retries.
+        let overlapping = self
+            .peers
+            .values()
+            .any(|p| p.region_id() != region_id && p.initialized && p.meta.overlaps(&region_meta));
+        if overlapping {
+            // The overlapping peer may be a stale one, removed while cut off and asleep: wake
+            // it, so it campaigns and hears of its removal from the members it asks.
+            let stale: Vec<u64> = self
+                .peers
+                .values()
+                .filter(|p| p.region_id() != region_id && p.meta.overlaps(&region_meta))
+                .map(PeerState::region_id)
+                .collect();
+            for r in stale {
+                self.wake(r);
+            }
+            return reject(s, "snapshot overlaps another region here");
+        }
         if !self.ensure_peer_for(&s.message) {
             return reject(s, "no peer for this snapshot here");
         }
@@ -923,6 +1074,9 @@ impl StoreLoop {
             return;
         };
         let _ = inst.receipts.send(SnapshotReceipt::Rejected { reason });
+        if let Some(recorded) = peer.pending_destroy.take() {
+            return self.destroy_peer(region_id, recorded);
+        }
         self.restart_peer(region_id, inst.ready);
     }
 
@@ -937,6 +1091,12 @@ impl StoreLoop {
         if inst.meta != meta {
             peer.installing = Some(inst);
             return;
+        }
+        if let Some(recorded) = peer.pending_destroy.take() {
+            let _ = inst.receipts.send(SnapshotReceipt::Rejected {
+                reason: "peer removed during the install".into(),
+            });
+            return self.destroy_peer(region_id, recorded);
         }
         let Installing {
             mut ready,
@@ -977,8 +1137,9 @@ impl StoreLoop {
         hs.commit = hs.commit.max(meta.index);
         self.batch.set_hard_state(region_id, hs);
         let persisted = ready.take_persisted_messages();
+        let incarnation = self.peers[&region_id].incarnation;
         self.batch_readies
-            .push((region_id, ready.number(), persisted));
+            .push((region_id, incarnation, ready.number(), persisted));
         self.batch_installed.push((region_id, receipts));
         let peer = self.peers.get_mut(&region_id).expect("present");
         peer.node.advance_append_async(ready);
@@ -1094,7 +1255,8 @@ impl StoreLoop {
         }
         self.serve_ready_reads(region_id, dispatched);
         if remove_self {
-            self.destroy_peer(region_id);
+            let recorded = self.peers[&region_id].meta.clone();
+            self.destroy_peer(region_id, recorded);
         }
     }
 
@@ -1290,11 +1452,33 @@ impl StoreLoop {
                 self.dirty.insert(child_id);
                 return;
             }
+            Some(p) if p.incoming.is_some() || p.installing.is_some() => {
+                // An uninitialized peer with a snapshot of the child on its way in: the
+                // snapshot is newer than the split; the state store's split leaves an existing
+                // child alone, and the install replaces it in either order.
+                return;
+            }
             Some(_) => {
                 // An uninitialized peer created by the new region's messages: the split
-                // supersedes it.
-                self.peers.remove(&child_id);
+                // supersedes it, but what it promised stays promised: its term and vote carry
+                // over (it may have voted in a term above the init term).
+                let p = self.peers.remove(&child_id).expect("matched");
                 self.awake.remove(&child_id);
+                let hs = p.node.raft.hard_state();
+                init_region_records(&mut self.batch, &child);
+                if hs.term > REGION_INIT_TERM {
+                    self.batch.set_hard_state(
+                        child_id,
+                        HardState {
+                            term: hs.term,
+                            vote: hs.vote,
+                            commit: REGION_INIT_INDEX,
+                        },
+                    );
+                }
+                self.creating.insert(child_id);
+                self.batch_created.push((child, was_leader));
+                return;
             }
             None => {}
         }
@@ -1303,7 +1487,16 @@ impl StoreLoop {
         self.batch_created.push((child, was_leader));
     }
 
-    fn destroy_peer(&mut self, region_id: u64) {
+    /// Destroys the region's peer here: its pending requests fail, its state-store region goes,
+    /// and its log is cleaned down to `recorded`, the metadata a restart (and any later peer
+    /// of the region here) goes by: it no longer lists this peer, so the peer never restarts.
+    fn destroy_peer(&mut self, region_id: u64, recorded: RegionMeta) {
+        if let Some(p) = self.peers.get_mut(&region_id) {
+            if p.installing.is_some() {
+                p.pending_destroy = Some(recorded);
+                return;
+            }
+        }
         let Some(mut peer) = self.peers.remove(&region_id) else {
             return;
         };
@@ -1321,11 +1514,19 @@ impl StoreLoop {
         if peer.role == StateRole::Leader {
             self.metrics.leaders.add(-1);
         }
-        let last = peer.node.raft.raft_log.last_index();
         self.awake.remove(&region_id);
-        self.tombstones.insert(region_id);
+        self.tombstones.insert(
+            region_id,
+            Tombstone {
+                peer_id: peer.me.peer_id,
+                conf_version: peer.meta.epoch.conf_version,
+            },
+        );
         self.send_apply(ApplyRequest::RemoveRegion(region_id));
-        self.log.compact_to(region_id, last);
+        self.batch.clean_region(region_id);
+        self.batch.set_region_meta(region_id, recorded.encode());
+        self.cleaning.insert(region_id);
+        self.batch_cleaned.push(region_id);
         self.metrics.regions.set(self.peers.len() as i64);
     }
 
@@ -1508,21 +1709,36 @@ impl StoreLoop {
         }
     }
 
+    /// Queues a read; the reads a region queues before its next Ready share one ReadIndex
+    /// (one heartbeat round to the followers), issued by [`Self::issue_reads`].
     fn start_read(&mut self, region_id: u64, request: ClientRequest, reply: Reply) {
+        let peer = self.peers.get_mut(&region_id).expect("checked");
+        peer.reads.push(PendingRead {
+            ctx: 0,
+            request,
+            reply,
+        });
+        self.dirty.insert(region_id);
+    }
+
+    /// Issues one ReadIndex for the region's reads queued since the last one (context 0).
+    fn issue_reads(&mut self, region_id: u64) {
+        let Some(peer) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        if peer.reads.last().is_none_or(|r| r.ctx != 0) {
+            return;
+        }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        let peer = self.peers.get_mut(&region_id).expect("checked");
+        for r in peer.reads.iter_mut().rev().take_while(|r| r.ctx == 0) {
+            r.ctx = ctx;
+        }
         match self.cfg.read_mode {
             ReadMode::ReadIndex => self.metrics.read_index_total.inc(),
             ReadMode::Lease => self.metrics.lease_reads_total.inc(),
         }
         peer.node.read_index(ctx.to_le_bytes().to_vec());
-        peer.reads.push(PendingRead {
-            ctx,
-            request,
-            reply,
-        });
-        self.dirty.insert(region_id);
     }
 
     fn on_read_state(&mut self, region_id: u64, index: u64, ctx: &[u8]) {
@@ -1531,8 +1747,8 @@ impl StoreLoop {
         };
         let ctx = u64::from_le_bytes(ctx);
         let peer = self.peers.get_mut(&region_id).expect("present");
-        // Read states come in request order; every read up to this one is confirmed.
-        let Some(pos) = peer.reads.iter().position(|r| r.ctx == ctx) else {
+        // Read states come in request order; every read up to this batch is confirmed.
+        let Some(pos) = peer.reads.iter().rposition(|r| r.ctx == ctx) else {
             return;
         };
         let confirmed: Vec<PendingRead> = peer.reads.drain(..=pos).collect();
@@ -1659,7 +1875,14 @@ impl StoreLoop {
                         ),
                     );
                 }
-                let new_region_id = self.ids.next_id();
+                // Random 62-bit ids; one this store already knows is skipped (cheap insurance
+                // against a badly seeded generator).
+                let mut new_region_id = self.ids.next_id();
+                while self.peers.contains_key(&new_region_id)
+                    || self.tombstones.contains_key(&new_region_id)
+                {
+                    new_region_id = self.ids.next_id();
+                }
                 let mut new_peer_ids = Vec::new();
                 for p in &self.peers[&region_id].meta.peers {
                     new_peer_ids.push((p.peer_id, self.ids.next_id()));
@@ -2023,8 +2246,7 @@ impl StoreLoop {
         let mut meta = peer.meta.clone();
         meta.peers.retain(|p| p.peer_id != m.to.peer_id);
         meta.epoch.conf_version = m.epoch.conf_version;
-        self.batch.set_region_meta(m.region_id, meta.encode());
-        self.destroy_peer(m.region_id);
+        self.destroy_peer(m.region_id, meta);
     }
 
     fn on_hibernate_ack(&mut self, m: RaftMessage) {

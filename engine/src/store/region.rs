@@ -75,6 +75,12 @@ impl RegionMeta {
         }
     }
 
+    /// Whether the two regions' key ranges share a key.
+    pub fn overlaps(&self, other: &RegionMeta) -> bool {
+        let below = |end: &Bytes, start: &Bytes| !end.is_empty() && end.as_ref() <= start.as_ref();
+        !below(&self.end_key, &other.start_key) && !below(&other.end_key, &self.start_key)
+    }
+
     /// The peer with `peer_id`.
     pub fn peer(&self, peer_id: u64) -> Option<&Peer> {
         self.peers.iter().find(|p| p.peer_id == peer_id)
@@ -253,6 +259,27 @@ mod tests {
                 && !m.contains_range(b"c", b"")
                 && !m.contains_range(b"c", b"n")
         );
+    }
+
+    #[test]
+    fn overlaps_is_symmetric_and_treats_empty_end_as_unbounded() {
+        let r = |a: &'static str, b: &'static str| RegionMeta {
+            start_key: Bytes::from_static(a.as_bytes()),
+            end_key: Bytes::from_static(b.as_bytes()),
+            ..sample()
+        };
+        let cases = [
+            (r("a", "c"), r("b", "d"), true),
+            (r("a", "c"), r("c", "d"), false),
+            (r("a", ""), r("x", "y"), true),
+            (r("", "b"), r("b", ""), false),
+            (r("", ""), r("m", "n"), true),
+            (r("d", "e"), r("a", "b"), false),
+        ];
+        for (x, y, want) in cases {
+            assert_eq!(x.overlaps(&y), want, "{x:?} {y:?}");
+            assert_eq!(y.overlaps(&x), want, "{y:?} {x:?}");
+        }
     }
 
     #[test]

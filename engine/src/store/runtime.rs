@@ -183,6 +183,10 @@ fn reconcile(log: &mut LogStore, state: &mut StateStore, store_id: u64) -> Resul
                         "peer was removed before the crash; not starting it"
                     );
                     removed.push(region_id);
+                    found.push(Found {
+                        meta: lm,
+                        origin: PeerOrigin::Removed,
+                    });
                     continue;
                 }
             }
@@ -260,7 +264,15 @@ fn reconcile(log: &mut LogStore, state: &mut StateStore, store_id: u64) -> Resul
         let Some(meta) = rl.region_meta().and_then(|b| RegionMeta::decode(&b).ok()) else {
             continue;
         };
-        if meta.peer_on_store(store_id).is_none() || rl.refusal().is_some() {
+        if meta.peer_on_store(store_id).is_none() {
+            // The last metadata this store recorded no longer has it: its peer was removed.
+            found.push(Found {
+                meta,
+                origin: PeerOrigin::Removed,
+            });
+            continue;
+        }
+        if rl.refusal().is_some() {
             continue;
         }
         let Ok(rs) = rl.initial_state() else {
@@ -280,6 +292,10 @@ fn reconcile(log: &mut LogStore, state: &mut StateStore, store_id: u64) -> Resul
                     first_index = first,
                     "log of a destroyed peer; not starting it"
                 );
+                found.push(Found {
+                    meta,
+                    origin: PeerOrigin::Removed,
+                });
                 continue;
             }
             PeerOrigin::AwaitingSplit

@@ -176,6 +176,10 @@ pub struct Model {
 impl Model {
     pub fn apply(&mut self, records: &[Record]) {
         for r in records {
+            if let Record::Clean { region_id } = r {
+                self.regions.remove(region_id);
+                continue;
+            }
             let m = self.regions.entry(r.region_id()).or_default();
             match r {
                 Record::Entries { entries, .. } => {
@@ -197,6 +201,7 @@ impl Model {
                     }
                 }
                 Record::RegionMeta { .. } => {}
+                Record::Clean { .. } => unreachable!("handled above"),
             }
         }
     }

@@ -224,7 +224,11 @@ impl Node {
         if let Some(t) = self.hibernate_idle_ticks {
             cfg.hibernate_idle_ticks = t;
         }
-        cfg.rng_seed = (seed ^ 0x51ed).wrapping_add(u64::from(self.crashes)) | 1;
+        // Distinct per restart (a `| 1` after adding 1 could give the same seed again, and the
+        // restarted store would propose the same "new" region ids).
+        cfg.rng_seed = (seed ^ 0x51ed)
+            .wrapping_add(u64::from(self.crashes).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            | 1;
         let transport = Arc::new(SimTransport {
             me: self.id,
             out: Arc::clone(&self.out),
