@@ -169,6 +169,13 @@ fn response_error() -> impl Strategy<Value = ResponseError> {
         Just(ResponseError::Stopping),
         text().prop_map(|reason| ResponseError::StoreFailed { reason }),
         text().prop_map(|reason| ResponseError::Unavailable { reason }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(client_id, sequence, last)| {
+            ResponseError::AlreadyApplied {
+                client_id,
+                sequence,
+                last,
+            }
+        }),
     ]
 }
 

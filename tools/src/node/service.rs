@@ -106,9 +106,14 @@ pub fn response_error(e: RequestError) -> ResponseError {
         RequestError::BadRequest { reason } => ResponseError::BadRequest { reason },
         RequestError::Stopping => ResponseError::Stopping,
         RequestError::StoreFailed { reason } => ResponseError::StoreFailed { reason },
-        // Not retryable: the protocol has no variant of its own yet (the client issue adds one).
-        e @ RequestError::AlreadyApplied { .. } => ResponseError::BadRequest {
-            reason: e.to_string(),
+        RequestError::AlreadyApplied {
+            client_id,
+            sequence,
+            last,
+        } => ResponseError::AlreadyApplied {
+            client_id,
+            sequence,
+            last,
         },
         other => ResponseError::Unavailable {
             reason: other.to_string(),

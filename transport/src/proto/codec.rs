@@ -522,6 +522,16 @@ fn put_error(out: &mut BytesMut, e: &ResponseError) {
             put_u8(out, 10);
             put_text(out, reason);
         }
+        ResponseError::AlreadyApplied {
+            client_id,
+            sequence,
+            last,
+        } => {
+            put_u8(out, 11);
+            put_u64(out, *client_id);
+            put_u64(out, *sequence);
+            put_u64(out, *last);
+        }
     }
 }
 
@@ -555,6 +565,11 @@ fn read_error(r: &mut Reader<'_>) -> Result<ResponseError, DecodeError> {
         },
         10 => ResponseError::Unavailable {
             reason: read_text(r)?,
+        },
+        11 => ResponseError::AlreadyApplied {
+            client_id: r.u64()?,
+            sequence: r.u64()?,
+            last: r.u64()?,
         },
         tag => {
             return Err(DecodeError::UnknownTag {

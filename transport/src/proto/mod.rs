@@ -317,6 +317,19 @@ pub enum ResponseError {
         /// Why.
         reason: String,
     },
+    /// The write's id `(client_id, sequence)` was applied before and its result is no longer
+    /// kept (the region already applied a later sequence of the client, or the result was too
+    /// large to keep): it was not applied again. Not retryable; to a client retrying the same
+    /// id it means "applied earlier, outcome not known".
+    #[error("client {client_id} sequence {sequence} already applied (last {last})")]
+    AlreadyApplied {
+        /// The write's client.
+        client_id: u64,
+        /// The write's sequence.
+        sequence: u64,
+        /// The client's last sequence applied by the region.
+        last: u64,
+    },
 }
 
 impl ResponseError {
@@ -324,7 +337,9 @@ impl ResponseError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            ResponseError::BadRequest { .. } | ResponseError::StoreFailed { .. }
+            ResponseError::BadRequest { .. }
+                | ResponseError::StoreFailed { .. }
+                | ResponseError::AlreadyApplied { .. }
         )
     }
 }
