@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cluster_harness::{make_certs, QuicCluster, T};
-use transport::proto::{AdminOp, Request, Response};
+use transport::proto::{AdminOp, PeerChangeOp, Request, Response};
 use transport::{ClientConnection, ClientTlsConfig};
 
 fn key(i: u32) -> Vec<u8> {
@@ -182,6 +182,44 @@ fn five_nodes_learner_promote_remove_transfer_split() {
         assert_eq!(c.get(&key(i)).as_deref(), Some(val(i, 2).as_slice()));
     }
     assert_eq!(c.get(&key(150)).as_deref(), Some(big.as_slice()));
+    // A joint change of the right half: the store removed above comes back as a voter (its
+    // old peer is a tombstone there) while a follower voter leaves, in one step.
+    let (leader, right) = c.leader_of(&key(150), T).expect("right leader");
+    let leaving = right
+        .info
+        .peers
+        .iter()
+        .find(|p| p.store_id as usize != leader && !p.learner)
+        .copied()
+        .expect("a follower voter");
+    c.admin(
+        &key(150),
+        AdminOp::ChangePeers {
+            changes: vec![
+                PeerChangeOp::AddVoter {
+                    store_id: victim.store_id,
+                },
+                PeerChangeOp::Remove {
+                    peer_id: leaving.peer_id,
+                },
+            ],
+        },
+    )
+    .expect("joint change");
+    assert!(c.wait_applied(&key(150), T), "returning store caught up");
+    let back = c.status(victim.store_id as usize).expect("status");
+    let r = back
+        .regions
+        .iter()
+        .find(|r| r.info.region_id == right.info.region_id)
+        .expect("the returning store has the right half");
+    assert!(r
+        .info
+        .peers
+        .iter()
+        .all(|p| p.peer_id != leaving.peer_id && !p.learner));
+    c.put(&key(150), &val(150, 3));
+    assert_eq!(c.get(&key(150)).as_deref(), Some(val(150, 3).as_slice()));
     c.stop_all();
 }
 

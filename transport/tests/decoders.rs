@@ -42,6 +42,14 @@ fn batch_op() -> impl Strategy<Value = BatchOp> {
     ]
 }
 
+fn peer_change() -> impl Strategy<Value = PeerChangeOp> {
+    prop_oneof![
+        any::<u64>().prop_map(|store_id| PeerChangeOp::AddVoter { store_id }),
+        any::<u64>().prop_map(|store_id| PeerChangeOp::AddLearner { store_id }),
+        any::<u64>().prop_map(|peer_id| PeerChangeOp::Remove { peer_id }),
+    ]
+}
+
 fn admin_op() -> impl Strategy<Value = AdminOp> {
     prop_oneof![
         (any::<u64>(), any::<bool>())
@@ -50,6 +58,8 @@ fn admin_op() -> impl Strategy<Value = AdminOp> {
         any::<u64>().prop_map(|peer_id| AdminOp::RemovePeer { peer_id }),
         any::<u64>().prop_map(|peer_id| AdminOp::TransferLeader { peer_id }),
         bytes_s().prop_map(|split_key| AdminOp::Split { split_key }),
+        proptest::collection::vec(peer_change(), 0..4)
+            .prop_map(|changes| AdminOp::ChangePeers { changes }),
     ]
 }
 

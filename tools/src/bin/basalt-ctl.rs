@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use transport::proto::{AdminOp, Request, Response, StoreStatus};
+use transport::proto::{AdminOp, PeerChangeOp, Request, Response, StoreStatus};
 use transport::{ClientConnection, ClientTlsConfig};
 
 #[derive(Parser)]
@@ -73,6 +73,21 @@ enum Cmd {
         region: u64,
         #[arg(long)]
         key: String,
+    },
+    /// Several membership changes of REGION at once, through a joint configuration (e.g.
+    /// replace a voter: `--add-voter 4 --remove 1048579`).
+    ChangePeers {
+        #[arg(long)]
+        region: u64,
+        /// Add a voter on this store (repeatable).
+        #[arg(long)]
+        add_voter: Vec<u64>,
+        /// Add a learner on this store (repeatable).
+        #[arg(long)]
+        add_learner: Vec<u64>,
+        /// Remove this peer (repeatable).
+        #[arg(long)]
+        remove: Vec<u64>,
     },
 }
 
@@ -290,6 +305,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 split_key: Bytes::from(key.clone().into_bytes()),
             },
         ),
+        Cmd::ChangePeers {
+            region,
+            add_voter,
+            add_learner,
+            remove,
+        } => {
+            let changes: Vec<PeerChangeOp> = add_voter
+                .iter()
+                .map(|&store_id| PeerChangeOp::AddVoter { store_id })
+                .chain(
+                    add_learner
+                        .iter()
+                        .map(|&store_id| PeerChangeOp::AddLearner { store_id }),
+                )
+                .chain(
+                    remove
+                        .iter()
+                        .map(|&peer_id| PeerChangeOp::Remove { peer_id }),
+                )
+                .collect();
+            if changes.is_empty() {
+                anyhow::bail!(
+                    "change-peers needs at least one --add-voter, --add-learner or --remove"
+                );
+            }
+            (*region, AdminOp::ChangePeers { changes })
+        }
     };
     admin(&c, op.0, op.1, timeout).await?;
     println!("done");

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use engine::state::{Command, Op, OpResult};
 use engine::store::{
-    AdminRequest, ClientRequest, ClientResponse, Epoch, Peer, PeerRole, RegionInfo as StoreRegion,
-    RegionMeta, RequestError, StoreRouter,
+    AdminRequest, ClientRequest, ClientResponse, Epoch, Peer, PeerChange, PeerRole,
+    RegionInfo as StoreRegion, RegionMeta, RequestError, StoreRouter,
 };
 use transport::proto::{self, Request, Response, ResponseError};
 use transport::server::ResponseSender;
@@ -220,6 +220,22 @@ fn store_request(req: Request) -> Option<ClientRequest> {
                     AdminRequest::TransferLeader { peer_id }
                 }
                 proto::AdminOp::Split { split_key } => AdminRequest::Split { split_key },
+                proto::AdminOp::ChangePeers { changes } => AdminRequest::ChangePeers(
+                    changes
+                        .into_iter()
+                        .map(|c| match c {
+                            proto::PeerChangeOp::AddVoter { store_id } => {
+                                PeerChange::AddVoter { store_id }
+                            }
+                            proto::PeerChangeOp::AddLearner { store_id } => {
+                                PeerChange::AddLearner { store_id }
+                            }
+                            proto::PeerChangeOp::Remove { peer_id } => {
+                                PeerChange::Remove { peer_id }
+                            }
+                        })
+                        .collect(),
+                ),
             },
         },
         Request::Regions | Request::Status => return None,

@@ -132,6 +132,19 @@ fn put_admin_op(out: &mut BytesMut, op: &AdminOp) {
             put_u8(out, 5);
             put_bytes(out, split_key);
         }
+        AdminOp::ChangePeers { changes } => {
+            put_u8(out, 6);
+            put_u32(out, changes.len() as u32);
+            for c in changes {
+                let (tag, id) = match *c {
+                    PeerChangeOp::AddVoter { store_id } => (1, store_id),
+                    PeerChangeOp::AddLearner { store_id } => (2, store_id),
+                    PeerChangeOp::Remove { peer_id } => (3, peer_id),
+                };
+                put_u8(out, tag);
+                put_u64(out, id);
+            }
+        }
     }
 }
 
@@ -147,6 +160,26 @@ fn read_admin_op(r: &mut Reader<'_>) -> Result<AdminOp, DecodeError> {
         5 => AdminOp::Split {
             split_key: r.bytes()?,
         },
+        6 => {
+            let count = r.count("peer change", 9)?;
+            let mut changes = Vec::with_capacity(count);
+            for _ in 0..count {
+                let tag = r.u8()?;
+                let id = r.u64()?;
+                changes.push(match tag {
+                    1 => PeerChangeOp::AddVoter { store_id: id },
+                    2 => PeerChangeOp::AddLearner { store_id: id },
+                    3 => PeerChangeOp::Remove { peer_id: id },
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "peer change",
+                            tag,
+                        })
+                    }
+                });
+            }
+            AdminOp::ChangePeers { changes }
+        }
         tag => {
             return Err(DecodeError::UnknownTag {
                 what: "admin op",

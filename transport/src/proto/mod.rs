@@ -83,6 +83,31 @@ pub enum AdminOp {
         /// First key of the new right-hand region.
         split_key: Bytes,
     },
+    /// Several membership changes at once, through a joint configuration.
+    ChangePeers {
+        /// The changes, at least one.
+        changes: Vec<PeerChangeOp>,
+    },
+}
+
+/// One change of a [`AdminOp::ChangePeers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerChangeOp {
+    /// Add a voter on the store.
+    AddVoter {
+        /// The store.
+        store_id: u64,
+    },
+    /// Add a learner on the store.
+    AddLearner {
+        /// The store.
+        store_id: u64,
+    },
+    /// Remove the peer.
+    Remove {
+        /// The peer.
+        peer_id: u64,
+    },
 }
 
 /// Identifies a write for at-most-once application: a retry carries the same pair.
