@@ -439,6 +439,17 @@ fn is_node_certificate(conn: &quinn::Connection) -> bool {
 async fn serve_connection(inner: Arc<Inner>, conn: quinn::Connection) {
     let is_node = is_node_certificate(&conn);
     debug!(is_node, "connection accepted");
+    if is_node {
+        let link = inner
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&conn.remote_address())
+            .cloned();
+        if let Some(link) = link {
+            link.remote_reconnected();
+        }
+    }
     loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {

@@ -7,11 +7,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use engine::store::RaftMessage;
 use tokio::sync::Notify;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::frame::{read_frame, write_frame, Frame, FrameKind, FRAME_HEADER_LEN};
 use crate::node::{cut, Inner};
@@ -24,8 +25,14 @@ pub(crate) struct Link {
     queue: Mutex<Vec<(u64, RaftMessage)>>,
     queue_len_max: usize,
     notify: Notify,
-    conn: Mutex<Option<quinn::Connection>>,
+    /// The live connection and when it was opened.
+    conn: Mutex<Option<(quinn::Connection, Instant)>>,
 }
+
+/// An outbound connection at least this old is replaced when its remote node connects to us
+/// anew (see [`Link::remote_reconnected`]). Younger ones are kept, so two nodes that both
+/// redial never keep replacing each other's fresh connections.
+pub(crate) const LINK_REPLACE_AGE: Duration = Duration::from_secs(2);
 
 impl Link {
     /// Creates the link and starts its task.
@@ -71,11 +78,30 @@ impl Link {
     /// The live connection, if the link has one.
     pub(crate) fn connection(&self) -> Option<quinn::Connection> {
         let c = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        c.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+        c.as_ref()
+            .map(|(c, _)| c)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
     }
 
     fn set_connection(&self, conn: Option<quinn::Connection>) {
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn;
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) =
+            conn.map(|c| (c, Instant::now()));
+    }
+
+    /// The remote node opened a new connection to us. A node only does that when it has no
+    /// link of its own towards us: it restarted, or its link failed. Either way our outbound
+    /// connection is suspect, and after a restart it leads to a dead process that QUIC would
+    /// only declare gone after the idle timeout (10 s), while Raft messages pile into it. So an
+    /// established connection is closed, and the link redials at once.
+    pub(crate) fn remote_reconnected(&self) {
+        let c = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((conn, since)) = c.as_ref() {
+            if since.elapsed() >= LINK_REPLACE_AGE && conn.close_reason().is_none() {
+                info!(remote = %self.addr, "remote node reconnected; replacing our link to it");
+                conn.close(crate::CLOSE_NORMAL, b"peer reconnected");
+            }
+        }
     }
 }
 

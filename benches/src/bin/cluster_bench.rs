@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use engine::metrics::HistogramSnapshot;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tools::config::Config;
@@ -190,6 +191,53 @@ struct Cluster {
     conns: Vec<Option<Arc<ClientConnection>>>,
     client_id: u64,
     seq: Arc<AtomicU64>,
+}
+
+/// Log-write and commit-latency histograms of every node's stores, to subtract later.
+type StageSnapshots = Vec<(usize, HistogramSnapshot, HistogramSnapshot)>;
+
+impl Cluster {
+    fn stage_snapshots(&self) -> StageSnapshots {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for (_, m) in n.iter().flat_map(Node::metrics) {
+                out.push((
+                    i + 1,
+                    m.log_write_latency.snapshot(),
+                    m.commit_latency.snapshot(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Per node, the p50 of its log writes (submit to durable) and, on the leader, of commit
+    /// latency (proposal to commit), over what happened since `before`.
+    fn stage_breakdown(&self, before: &StageSnapshots, leader: usize) -> Value {
+        let after = self.stage_snapshots();
+        let delta = |a: &HistogramSnapshot, b: &HistogramSnapshot| {
+            let mut d = a.clone();
+            for (x, y) in d.buckets.iter_mut().zip(b.buckets.iter()) {
+                *x = x.saturating_sub(*y);
+            }
+            d.sum_ns = d.sum_ns.saturating_sub(b.sum_ns);
+            d
+        };
+        let ms = |h: &HistogramSnapshot| h.quantile(0.5).map(|d| d.as_secs_f64() * 1e3);
+        let mut nodes = Vec::new();
+        for ((node, lw, cl), (_, lw0, cl0)) in after.iter().zip(before) {
+            let lw = delta(lw, lw0);
+            let cl = delta(cl, cl0);
+            nodes.push(json!({
+                "node": node,
+                "leader": *node == leader,
+                "log_writes": lw.count(),
+                "log_write_p50_ms": ms(&lw),
+                "commit_p50_ms": if *node == leader { ms(&cl) } else { None },
+            }));
+        }
+        Value::Array(nodes)
+    }
 }
 
 /// The region (single region 1) as the client knows it.
@@ -514,7 +562,9 @@ fn run_latency(
     // Warm-up: connections, the log's first segments, the apply path.
     let warm = (puts / 5).max(200);
     let _ = sequential_puts(&c, t, warm, &value, 1_000_000_000);
+    let before = c.stage_snapshots();
     let (seq_h, seq_counts) = sequential_puts(&c, t, puts, &value, 0);
+    let stages = c.stage_breakdown(&before, t.node);
 
     let addr = c.addr(t.node);
     let tls = c.tls.clone();
@@ -569,6 +619,7 @@ fn run_latency(
         "value_bytes": value_bytes,
         "startup_to_leader_ms": ms(startup),
         "warmup_puts": warm,
+        "stages_1_in_flight": stages,
         "sequential": { "puts_ok": seq_counts.ok, "retries_or_errors": seq_counts.errors, "error_kinds": seq_counts.kinds, "latency": hist_json(&seq_h) },
         "concurrent_puts": {
             "inflight": inflight, "connections": conns.len(), "ok": wcounts.ok,
@@ -947,6 +998,18 @@ fn print_table(v: &Value) {
             };
             let seq_rate = f(&s["count"]) / (f(&s["mean_us"]) * f(&s["count"]) / 1e6);
             row("put, 1 in flight", s, seq_rate);
+            if let Some(stages) = v["stages_1_in_flight"].as_array() {
+                for st in stages {
+                    println!(
+                        "  node {}{}: log write p50 {} ms over {} writes; commit p50 {} ms",
+                        st["node"],
+                        if st["leader"].as_bool() == Some(true) { " (leader)" } else { "" },
+                        st["log_write_p50_ms"],
+                        st["log_writes"],
+                        st["commit_p50_ms"]
+                    );
+                }
+            }
             let w = &v["concurrent_puts"];
             row(
                 &format!("put, {} in flight", w["inflight"]),
