@@ -1003,7 +1003,11 @@ fn print_table(v: &Value) {
                     println!(
                         "  node {}{}: log write p50 {} ms over {} writes; commit p50 {} ms",
                         st["node"],
-                        if st["leader"].as_bool() == Some(true) { " (leader)" } else { "" },
+                        if st["leader"].as_bool() == Some(true) {
+                            " (leader)"
+                        } else {
+                            ""
+                        },
                         st["log_write_p50_ms"],
                         st["log_writes"],
                         st["commit_p50_ms"]
