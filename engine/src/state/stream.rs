@@ -6,7 +6,7 @@
 //! segment switch) writes it padded; the stream then continues on the next block. Bytes still
 //! buffered or in flight are served from memory ([`StreamWriter::mem_block`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -39,6 +39,51 @@ fn io_buf(io: &mut dyn Io, len: usize, align: usize) -> AlignedBuf {
 
 /// Writes in flight at most (bounds the memory holding their copies for reads).
 const INFLIGHT_WRITES_MAX: usize = 8;
+
+/// Bytes of verified block payloads the reader keeps for later reads. A written state block
+/// never changes until its segment is reused under a new generation, so a cached payload is
+/// served only while its segment's generation is the one it was read under. 32 MiB holds the
+/// values of a few hundred thousand small keys: point reads of a hot working set stop paying a
+/// direct-I/O device read each (on a virtual machine, also a VM exit each).
+pub const READ_CACHE_BYTES_MAX: usize = 32 << 20;
+
+/// Verified payloads of state blocks read from the device, by (segment, block), evicted oldest
+/// first.
+#[derive(Default)]
+struct BlockCache {
+    blocks: HashMap<(u32, u32), (u64, Arc<[u8]>)>,
+    order: VecDeque<(u32, u32)>,
+    bytes: usize,
+}
+
+impl BlockCache {
+    fn get(&self, segment: u32, block: u32, generation: u64) -> Option<&[u8]> {
+        match self.blocks.get(&(segment, block)) {
+            Some((g, p)) if *g == generation => Some(p),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, segment: u32, block: u32, generation: u64, payload: &[u8]) {
+        if self.get(segment, block, generation).is_some() {
+            return;
+        }
+        let old = self
+            .blocks
+            .insert((segment, block), (generation, Arc::from(payload)));
+        self.bytes += payload.len();
+        self.bytes -= old.map_or(0, |(_, p)| p.len());
+        self.order.push_back((segment, block));
+        while self.bytes > READ_CACHE_BYTES_MAX {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, p)) = self.blocks.remove(&k) {
+                self.bytes -= p.len();
+            }
+        }
+    }
+}
 
 /// Stream bytes of a segment available to records other than its link: all blocks but the last.
 pub fn record_area(sg: &StreamGeometry) -> u64 {
@@ -357,6 +402,7 @@ struct ReadShared {
     /// Generation of each state segment's current allocation (index: segment - first).
     generations: Vec<u64>,
     next_tag: u64,
+    cache: BlockCache,
 }
 
 impl StateReader {
@@ -368,6 +414,7 @@ impl StateReader {
             label,
             generations: vec![0; sg.segment_count() as usize],
             next_tag: 1,
+            cache: BlockCache::default(),
         };
         StateReader {
             shared: Arc::new(Mutex::new(shared)),
@@ -633,6 +680,13 @@ impl ReadShared {
         let bs = self.sg.block_size();
         let cap = self.sg.payload_capacity();
         let n = (last - first + 1) as usize;
+        if (first..=last).all(|b| self.cache.get(segment, b, generation).is_some()) {
+            let mut out = Vec::with_capacity(n * cap);
+            for b in first..=last {
+                out.extend_from_slice(self.cache.get(segment, b, generation).unwrap_or(&[]));
+            }
+            return Ok(out);
+        }
         let offset = self.sg.block_offset(segment, first);
         let buf = io_buf(self.io.as_mut(), n * bs, bs);
         let tag = self.next_tag;
@@ -657,6 +711,7 @@ impl ReadShared {
                     offset: offset + (i * bs) as u64,
                     detail: format!("{label}: {detail}"),
                 })?;
+            self.cache.insert(segment, index, generation, payload);
             out.extend_from_slice(payload);
         }
         Ok(out)
