@@ -47,12 +47,16 @@ const INFLIGHT_WRITES_MAX: usize = 8;
 /// direct-I/O device read each (on a virtual machine, also a VM exit each).
 pub const READ_CACHE_BYTES_MAX: usize = 32 << 20;
 
+/// A state block: (segment, block index).
+type BlockId = (u32, u32);
+
 /// Verified payloads of state blocks read from the device, by (segment, block), evicted oldest
 /// first.
 #[derive(Default)]
 struct BlockCache {
-    blocks: HashMap<(u32, u32), (u64, Arc<[u8]>)>,
-    order: VecDeque<(u32, u32)>,
+    /// (segment, block) -> (generation read under, payload).
+    blocks: HashMap<BlockId, (u64, Arc<[u8]>)>,
+    order: VecDeque<BlockId>,
     bytes: usize,
 }
 
