@@ -721,3 +721,28 @@ impl ReadShared {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_blocks_serve_only_their_generation_and_stay_bounded() {
+        let mut c = BlockCache::default();
+        c.insert(3, 7, 1, b"old");
+        assert_eq!(c.get(3, 7, 1), Some(&b"old"[..]));
+        assert_eq!(c.get(3, 7, 2), None, "a reused segment never serves the old payload");
+        c.insert(3, 7, 2, b"new!");
+        assert_eq!(c.get(3, 7, 2), Some(&b"new!"[..]));
+        assert_eq!(c.get(3, 7, 1), None);
+        assert_eq!(c.bytes, 4);
+        let block = vec![0u8; 4096];
+        let n = READ_CACHE_BYTES_MAX / block.len() + 10;
+        for b in 0..n as u32 {
+            c.insert(5, b, 1, &block);
+        }
+        assert!(c.bytes <= READ_CACHE_BYTES_MAX);
+        assert_eq!(c.get(5, 0, 1), None, "the oldest were evicted");
+        assert!(c.get(5, n as u32 - 1, 1).is_some());
+    }
+}
