@@ -731,7 +731,11 @@ mod tests {
         let mut c = BlockCache::default();
         c.insert(3, 7, 1, b"old");
         assert_eq!(c.get(3, 7, 1), Some(&b"old"[..]));
-        assert_eq!(c.get(3, 7, 2), None, "a reused segment never serves the old payload");
+        assert_eq!(
+            c.get(3, 7, 2),
+            None,
+            "a reused segment never serves the old payload"
+        );
         c.insert(3, 7, 2, b"new!");
         assert_eq!(c.get(3, 7, 2), Some(&b"new!"[..]));
         assert_eq!(c.get(3, 7, 1), None);
