@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
-use transport::proto::{OpResult, Request, Response, ResponseError};
+use transport::proto::{OpResult, Request, Response, ResponseError, WriteId};
 use transport::ClientTlsConfig;
 
 use crate::backoff::Backoff;
-use crate::cache::Lookup;
+use crate::cache::{Lookup, Route};
 use crate::error::AttemptFailure;
 use crate::lanes::{LaneGuard, LanePool};
 use crate::router::{unexpected, Router, Sent};
@@ -158,25 +158,17 @@ impl Client {
     ) -> Result<(), ClientError> {
         let (key, value) = (key.into(), value.into());
         let span = tracing::debug_span!("basalt.put", key_len = key.len(), value_len = value.len());
-        async {
-            let deadline = self.deadline();
-            let lane = self.lane(deadline).await?;
-            let id = lane.id();
-            self.router()
-                .run(
-                    &key,
-                    deadline,
-                    |r| Request::Put {
-                        region_id: r.region_id,
-                        epoch: r.epoch,
-                        id,
-                        key: key.clone(),
-                        value: value.clone(),
-                    },
-                    |_, resp, sent| written("put", resp, sent),
-                )
-                .await
-        }
+        self.write(
+            &key,
+            |r, id| Request::Put {
+                region_id: r.region_id,
+                epoch: r.epoch,
+                id,
+                key: key.clone(),
+                value: value.clone(),
+            },
+            |resp, sent| written("put", resp, sent),
+        )
         .instrument(span)
         .await
     }
@@ -185,24 +177,16 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(), ClientError> {
         let key = key.into();
         let span = tracing::debug_span!("basalt.delete", key_len = key.len());
-        async {
-            let deadline = self.deadline();
-            let lane = self.lane(deadline).await?;
-            let id = lane.id();
-            self.router()
-                .run(
-                    &key,
-                    deadline,
-                    |r| Request::Delete {
-                        region_id: r.region_id,
-                        epoch: r.epoch,
-                        id,
-                        key: key.clone(),
-                    },
-                    |_, resp, sent| written("delete", resp, sent),
-                )
-                .await
-        }
+        self.write(
+            &key,
+            |r, id| Request::Delete {
+                region_id: r.region_id,
+                epoch: r.epoch,
+                id,
+                key: key.clone(),
+            },
+            |resp, sent| written("delete", resp, sent),
+        )
         .instrument(span)
         .await
     }
@@ -218,28 +202,41 @@ impl Client {
     ) -> Result<CasOutcome, ClientError> {
         let key = key.into();
         let span = tracing::debug_span!("basalt.cas", key_len = key.len());
-        async {
-            let deadline = self.deadline();
-            let lane = self.lane(deadline).await?;
-            let id = lane.id();
-            self.router()
-                .run(
-                    &key,
-                    deadline,
-                    |r| Request::Cas {
-                        region_id: r.region_id,
-                        epoch: r.epoch,
-                        id,
-                        key: key.clone(),
-                        expected: expected.clone(),
-                        new: new.clone(),
-                    },
-                    |_, resp, sent| cas_outcome(resp, sent),
-                )
-                .await
-        }
+        self.write(
+            &key,
+            |r, id| Request::Cas {
+                region_id: r.region_id,
+                epoch: r.epoch,
+                id,
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            },
+            cas_outcome,
+        )
         .instrument(span)
         .await
+    }
+
+    /// Runs one write of `key` on a lane held for the whole call: every attempt carries the
+    /// same write id, so the write applies at most once.
+    async fn write<T>(
+        &self,
+        key: &[u8],
+        request: impl Fn(&Route, WriteId) -> Request,
+        answer: impl Fn(Response, Sent) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let deadline = self.deadline();
+        let lane = self.lane(deadline).await?;
+        let id = lane.id();
+        self.router()
+            .run(
+                key,
+                deadline,
+                |r| request(r, id),
+                |_, resp, sent| answer(resp, sent),
+            )
+            .await
     }
 
     /// Up to `limit` rows of `[start, end)` in key order (`end` empty: to the end of the key
