@@ -7,12 +7,15 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod process_harness;
+
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{Pid, Uid};
+use nix::unistd::Pid;
+use process_harness::LoopDevices;
 
 const BASALT: &str = env!("CARGO_BIN_EXE_basalt");
 const BASALT_CTL: &str = env!("CARGO_BIN_EXE_basalt-ctl");
@@ -30,7 +33,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     quic: Vec<SocketAddr>,
     metrics: Vec<SocketAddr>,
-    loops: Vec<String>,
+    /// Detached on drop, after `Drop for Cluster` has killed the children.
+    loops: Option<LoopDevices>,
     children: Vec<Option<Child>>,
 }
 
@@ -43,23 +47,7 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for dev in &self.loops {
-            detach(dev);
-        }
     }
-}
-
-/// `losetup -d`, retried briefly while the device is still busy. (A busy device may also be
-/// marked auto-clear and freed by the kernel once its last user, e.g. an io_uring, is gone.)
-fn detach(dev: &str) {
-    for _ in 0..20 {
-        let ok = Command::new("losetup").arg("-d").arg(dev).status();
-        if ok.is_ok_and(|s| s.success()) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("could not detach {dev}");
 }
 
 /// Free loopback ports: UDP for QUIC, TCP for metrics (bound together, released together).
@@ -96,7 +84,7 @@ impl Cluster {
             dir,
             quic,
             metrics,
-            loops: Vec::new(),
+            loops: None,
             children: (0..NODES).map(|_| None).collect(),
         };
         let mut certs = Command::new(BASALT);
@@ -105,9 +93,9 @@ impl Cluster {
             certs.args(["--node", &format!("node{i}=127.0.0.1,localhost")]);
         }
         run(certs.args(["--client", "admin"]));
-        if c.attach_loop_devices() {
-            println!("devices: loop devices {:?} over sparse files", c.loops);
-            c.format_loop_devices();
+        c.loops = LoopDevices::attach(BASALT, c.dir.path(), NODES, DEVICE_BYTES);
+        if let Some(l) = &c.loops {
+            println!("devices: loop devices {:?} over sparse files", l.devices);
         } else {
             println!("devices: regular files, created and formatted by `basalt start`");
         }
@@ -125,58 +113,8 @@ impl Cluster {
         self.path(&format!("node{i}.toml"))
     }
 
-    /// Attaches one loop device per node over a 1 GiB sparse file; false (nothing attached)
-    /// when not root, loop devices are missing, or `losetup` fails.
-    fn attach_loop_devices(&mut self) -> bool {
-        let forced_files = std::env::var_os("BASALT_TEST_FILE_DEVICES").is_some();
-        if forced_files || !Uid::effective().is_root() || !Path::new("/dev/loop-control").exists() {
-            return false;
-        }
-        for i in 1..=NODES {
-            let img = self.path(&format!("store{i}.img"));
-            let f = std::fs::File::create(&img).expect("create image");
-            f.set_len(DEVICE_BYTES).expect("size image");
-            let out = Command::new("losetup")
-                .args(["-f", "--show"])
-                .arg(&img)
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {
-                    let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
-                    self.loops.push(dev);
-                }
-                other => {
-                    println!("losetup failed ({other:?}); falling back to files");
-                    for dev in self.loops.drain(..) {
-                        detach(&dev);
-                    }
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    fn format_loop_devices(&self) {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let cluster_id = format!("{:x}", nanos | 1);
-        for (i, dev) in self.loops.iter().enumerate() {
-            run(Command::new(BASALT).args([
-                "format",
-                dev,
-                "--store-id",
-                &(i + 1).to_string(),
-                "--cluster-id",
-                &cluster_id,
-            ]));
-        }
-    }
-
     fn config_text(&self, i: usize) -> String {
-        let device = match self.loops.get(i - 1) {
+        let device = match self.loops.as_ref().and_then(|l| l.devices.get(i - 1)) {
             Some(dev) => format!("device = \"{dev}\""),
             None => format!("device = \"store{i}.img\"\ncreate-size = \"1GiB\""),
         };
