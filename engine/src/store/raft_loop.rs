@@ -962,20 +962,17 @@ impl StoreLoop {
         // A split child's snapshot reaching a store whose parent has not applied the split
         // yet: refused until the parent's split (or a newer snapshot of it) narrows it, so a
         // store's initialized regions never overlap. The sender retries.
-        let overlapping = self
+        let overlapping: Vec<u64> = self
             .peers
             .values()
-            .any(|p| p.region_id() != region_id && p.initialized && p.meta.overlaps(&region_meta));
-        if overlapping {
-            // The overlapping peer may be a stale one, removed while cut off and asleep: wake
+            .filter(|p| p.region_id() != region_id && p.initialized)
+            .filter(|p| p.meta.overlaps(&region_meta))
+            .map(PeerState::region_id)
+            .collect();
+        if !overlapping.is_empty() {
+            // An overlapping peer may be a stale one, removed while cut off and asleep: wake
             // it, so it campaigns and hears of its removal from the members it asks.
-            let stale: Vec<u64> = self
-                .peers
-                .values()
-                .filter(|p| p.region_id() != region_id && p.meta.overlaps(&region_meta))
-                .map(PeerState::region_id)
-                .collect();
-            for r in stale {
+            for r in overlapping {
                 self.wake(r);
             }
             return reject(s, "snapshot overlaps another region here");
