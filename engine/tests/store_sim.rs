@@ -579,3 +579,59 @@ fn split_child_missing_from_state_store() {
         },
     );
 }
+
+/// Regression (seed 20053 of the eager split family, once commit-only hard states stopped being
+/// written by themselves): a power cut left store 2 with a split child (A) found at open and A's
+/// own later split (creating B) in its log, neither in the state store. A's peer started from
+/// the log's newest metadata, already narrowed by its split; when its parent's replay created
+/// A, A's replay of its own split saw an older epoch, skipped it as stale, and B never came to
+/// exist in store 2's state store. A child found at open now takes the split's metadata back.
+#[test]
+fn nested_split_child_replays_its_own_split() {
+    run_seeds(
+        seeds(1, 20_053),
+        Params {
+            keys: 8,
+            pre_split: 1,
+            splits: true,
+            eager_splits: true,
+            reads_via_cas: true,
+            busy_ms: 4000,
+            ..Default::default()
+        },
+    );
+}
+
+fn splits_and_membership_params() -> Params {
+    Params {
+        stores: 5,
+        initial_stores: 3,
+        keys: 8,
+        splits: true,
+        membership: true,
+        busy_ms: 4000,
+        eager_splits: true,
+        reads_via_cas: true,
+        ..Default::default()
+    }
+}
+
+/// Regression (seed 35096 of the splits + membership family, once followers stopped getting an
+/// append just for a new commit index): store 5's peer restarted as a learner of its parent
+/// region's older configuration, with the entry removing it in its log but its commit behind
+/// it. Learners never campaign, the leader had stopped sending to it, so it never heard of its
+/// removal, and its stale range refused the split child's snapshot forever. Now such a peer
+/// probes the other members after two election timeouts without a leader.
+#[test]
+fn removed_learner_probes_its_membership() {
+    run_seeds(seeds(1, 35_096), splits_and_membership_params());
+}
+
+/// Regression (seed 35133, same family): the leader of region 1 kept sending a cached snapshot
+/// taken before the region split; store 5 already held the split's child, so it refused the
+/// snapshot (its range overlaps the child) every time. A leader now builds a new snapshot
+/// instead of sending one older than the region's last split.
+#[test]
+fn snapshot_from_before_a_split_is_rebuilt() {
+    run_seeds(seeds(1, 35_133), splits_and_membership_params());
+}

@@ -203,6 +203,10 @@ pub struct LimitsConfig {
     /// speed, small enough to resume cheaply. At least the engine's chunk minimum and at most
     /// `frame-bytes-max - 4 KiB` (the frame and chunk headers must fit).
     pub snapshot_chunk_bytes: u64,
+    /// `net-threads`: threads of the node's network runtime (QUIC, client requests). 1..=64.
+    /// Default 2. Nodes sharing a small machine (the demo, a local test cluster) do better with
+    /// 1: fewer threads to wake per message, less time switching between them.
+    pub net_threads: usize,
 }
 
 /// Room kept in a frame beside one snapshot chunk.
@@ -226,6 +230,7 @@ impl Default for LimitsConfig {
             frame_bytes_max: 16 * MIB,
             request_queue_max: 4096,
             snapshot_chunk_bytes: MIB,
+            net_threads: 2,
         }
     }
 }
@@ -316,6 +321,7 @@ mod raw {
         pub frame_bytes_max: Option<Size>,
         pub request_queue_max: Option<i64>,
         pub snapshot_chunk_bytes: Option<Size>,
+        pub net_threads: Option<i64>,
     }
 }
 
@@ -686,9 +692,14 @@ fn limits(raw: raw::Limits) -> Result<LimitsConfig, ConfigError> {
             format!("must be in {chunk_min}..={chunk_max} (frame-bytes-max minus 4 KiB)"),
         ));
     }
+    let net_threads = match raw.net_threads {
+        None => d.net_threads,
+        Some(v) => positive("limits.net-threads", v, 64)? as usize,
+    };
     Ok(LimitsConfig {
         frame_bytes_max,
         request_queue_max,
         snapshot_chunk_bytes,
+        net_threads,
     })
 }

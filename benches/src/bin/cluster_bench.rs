@@ -62,6 +62,13 @@ enum Cmd {
         /// Value size.
         #[arg(long, default_value_t = 256)]
         value_bytes: usize,
+        /// How the nodes serve linearizable reads: `read-index` (a heartbeat round per batch of
+        /// reads, the default) or `lease` (the leader's lease; relies on bounded clock drift).
+        #[arg(long, default_value = "read-index", value_parser = ["read-index", "lease"])]
+        read_mode: String,
+        /// Threads of each node's network runtime (`limits.net-threads`).
+        #[arg(long, default_value_t = 2)]
+        net_threads: usize,
     },
     /// Leader failover time.
     Failover {
@@ -133,7 +140,7 @@ fn make_certs(dir: &Path) {
 }
 
 /// Node `i`'s config (1-based): default raft settings (100 ms tick, 10 election ticks).
-fn config_text(i: usize, ports: &[u16]) -> String {
+fn config_text(i: usize, ports: &[u16], read_mode: &str, net_threads: usize) -> String {
     let members: Vec<String> = (1..=ports.len())
         .map(|j| {
             format!(
@@ -157,6 +164,12 @@ ca-cert = "certs/ca.pem"
 node-cert = "certs/node{i}.pem"
 node-key = "certs/node{i}.key"
 
+[raft]
+read-mode = "{read_mode}"
+
+[limits]
+net-threads = {net_threads}
+
 [cluster]
 initial-cluster = [
 {members}
@@ -165,6 +178,28 @@ initial-cluster = [
         port = ports[i - 1],
         members = members.join("\n"),
     )
+}
+
+/// One line per node of a stage breakdown (see `Cluster::stage_breakdown`).
+fn print_stages(stages: &Value) {
+    let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
+    for st in stages.as_array().into_iter().flatten() {
+        let leader = st["leader"].as_bool() == Some(true);
+        println!(
+            "  node {}{}: log write p50 {} ms over {} writes ({} per proposal), {} messages sent per proposal{}",
+            st["node"],
+            if leader { " (leader)" } else { "" },
+            num(&st["log_write_p50_ms"]),
+            st["log_writes"],
+            num(&st["log_writes_per_proposal"]),
+            num(&st["messages_sent_per_proposal"]),
+            if leader {
+                format!("; commit p50 {} ms", num(&st["commit_p50_ms"]))
+            } else {
+                String::new()
+            },
+        );
+    }
 }
 
 /// User + system CPU time of this process.
@@ -193,26 +228,38 @@ struct Cluster {
     seq: Arc<AtomicU64>,
 }
 
-/// Log-write and commit-latency histograms of every node's stores, to subtract later.
-type StageSnapshots = Vec<(usize, HistogramSnapshot, HistogramSnapshot)>;
+/// Per node: log-write and commit-latency histograms and work counters, to subtract later.
+type StageSnapshots = Vec<StageSnapshot>;
+
+/// One node's store metrics at one moment.
+struct StageSnapshot {
+    node: usize,
+    log_write: HistogramSnapshot,
+    commit: HistogramSnapshot,
+    messages_sent: u64,
+    proposals: u64,
+}
 
 impl Cluster {
     fn stage_snapshots(&self) -> StageSnapshots {
         let mut out = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             for (_, m) in n.iter().flat_map(Node::metrics) {
-                out.push((
-                    i + 1,
-                    m.log_write_latency.snapshot(),
-                    m.commit_latency.snapshot(),
-                ));
+                out.push(StageSnapshot {
+                    node: i + 1,
+                    log_write: m.log_write_latency.snapshot(),
+                    commit: m.commit_latency.snapshot(),
+                    messages_sent: m.raft_messages_sent_total.get(),
+                    proposals: m.proposals_total.get(),
+                });
             }
         }
         out
     }
 
-    /// Per node, the p50 of its log writes (submit to durable) and, on the leader, of commit
-    /// latency (proposal to commit), over what happened since `before`.
+    /// Per node, the p50 of its log writes (submit to durable), the device writes and Raft
+    /// messages per proposal and, on the leader, the p50 of commit latency (proposal to
+    /// commit), over what happened since `before`.
     fn stage_breakdown(&self, before: &StageSnapshots, leader: usize) -> Value {
         let after = self.stage_snapshots();
         let delta = |a: &HistogramSnapshot, b: &HistogramSnapshot| {
@@ -224,16 +271,25 @@ impl Cluster {
             d
         };
         let ms = |h: &HistogramSnapshot| h.quantile(0.5).map(|d| d.as_secs_f64() * 1e3);
+        let proposals: u64 = after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.proposals.saturating_sub(b.proposals))
+            .sum();
+        let per_proposal = |n: u64| n as f64 / proposals.max(1) as f64;
         let mut nodes = Vec::new();
-        for ((node, lw, cl), (_, lw0, cl0)) in after.iter().zip(before) {
-            let lw = delta(lw, lw0);
-            let cl = delta(cl, cl0);
+        for (a, b) in after.iter().zip(before) {
+            let lw = delta(&a.log_write, &b.log_write);
+            let cl = delta(&a.commit, &b.commit);
             nodes.push(json!({
-                "node": node,
-                "leader": *node == leader,
+                "node": a.node,
+                "leader": a.node == leader,
                 "log_writes": lw.count(),
+                "log_writes_per_proposal": per_proposal(lw.count()),
+                "messages_sent_per_proposal":
+                    per_proposal(a.messages_sent.saturating_sub(b.messages_sent)),
                 "log_write_p50_ms": ms(&lw),
-                "commit_p50_ms": if *node == leader { ms(&cl) } else { None },
+                "commit_p50_ms": if a.node == leader { ms(&cl) } else { None },
             }));
         }
         Value::Array(nodes)
@@ -249,12 +305,15 @@ struct Target {
 }
 
 impl Cluster {
-    fn start(dir: Option<&Path>) -> Cluster {
+    fn start(dir: Option<&Path>, read_mode: &str, net_threads: usize) -> Cluster {
         let dir = WorkDir::new(dir);
         make_certs(&dir.path.join("certs"));
         let ports = free_ports(NODES);
         let cfgs: Vec<Config> = (1..=NODES)
-            .map(|i| Config::from_toml_str(&config_text(i, &ports), &dir.path).expect("config"))
+            .map(|i| {
+                Config::from_toml_str(&config_text(i, &ports, read_mode, net_threads), &dir.path)
+                    .expect("config")
+            })
             .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -553,9 +612,11 @@ fn run_latency(
     inflight: usize,
     connections: usize,
     value_bytes: usize,
+    read_mode: &str,
+    net_threads: usize,
 ) -> Value {
     let t_start = Instant::now();
-    let mut c = Cluster::start(dir);
+    let mut c = Cluster::start(dir, read_mode, net_threads);
     let (t, _) = c.leader(Duration::from_secs(30)).expect("a leader");
     let startup = t_start.elapsed();
     let value = Bytes::from(vec![b'v'; value_bytes]);
@@ -586,6 +647,7 @@ fn run_latency(
         key: key_of(100_000_000 + i),
         value: val.clone(),
     });
+    let before = c.stage_snapshots();
     let (wh, wdur, wcounts) = concurrent_ops(
         &c,
         &conns,
@@ -595,6 +657,7 @@ fn run_latency(
         c.client_id,
         make_put,
     );
+    let stages_concurrent = c.stage_breakdown(&before, t.node);
     let make_get: Arc<MakeRequest> = Arc::new(move |i, _| Request::Get {
         region_id: t.region_id,
         epoch: t.epoch,
@@ -617,9 +680,12 @@ fn run_latency(
         "bench": "latency",
         "nodes": NODES,
         "value_bytes": value_bytes,
+        "read_mode": read_mode,
+        "net_threads": net_threads,
         "startup_to_leader_ms": ms(startup),
         "warmup_puts": warm,
         "stages_1_in_flight": stages,
+        "stages_concurrent_puts": stages_concurrent,
         "sequential": { "puts_ok": seq_counts.ok, "retries_or_errors": seq_counts.errors, "error_kinds": seq_counts.kinds, "latency": hist_json(&seq_h) },
         "concurrent_puts": {
             "inflight": inflight, "connections": conns.len(), "ok": wcounts.ok,
@@ -692,7 +758,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_failover(dir: Option<&Path>, rounds: usize) -> Value {
-    let mut c = Cluster::start(dir);
+    let mut c = Cluster::start(dir, "read-index", 2);
     let election_timeout = c.cfgs[0].raft.tick_interval * c.cfgs[0].raft.election_ticks;
     let (t, _) = c.leader(Duration::from_secs(30)).expect("a leader");
     let value = Bytes::from(vec![b'v'; 256]);
@@ -862,7 +928,7 @@ fn run_idle(
     make_certs(&wd.path.join("certs"));
     let ports = free_ports(NODES);
     let cfgs: Vec<Config> = (1..=NODES)
-        .map(|i| Config::from_toml_str(&config_text(i, &ports), &wd.path).expect("config"))
+        .map(|i| Config::from_toml_str(&config_text(i, &ports, "read-index", 2), &wd.path).expect("config"))
         .collect();
     let split_keys: Vec<Bytes> = (1..regions)
         .map(|i| Bytes::from(format!("r{i:08}")))
@@ -998,31 +1064,21 @@ fn print_table(v: &Value) {
             };
             let seq_rate = f(&s["count"]) / (f(&s["mean_us"]) * f(&s["count"]) / 1e6);
             row("put, 1 in flight", s, seq_rate);
-            if let Some(stages) = v["stages_1_in_flight"].as_array() {
-                for st in stages {
-                    println!(
-                        "  node {}{}: log write p50 {} ms over {} writes; commit p50 {} ms",
-                        st["node"],
-                        if st["leader"].as_bool() == Some(true) {
-                            " (leader)"
-                        } else {
-                            ""
-                        },
-                        st["log_write_p50_ms"],
-                        st["log_writes"],
-                        st["commit_p50_ms"]
-                    );
-                }
-            }
+            print_stages(&v["stages_1_in_flight"]);
             let w = &v["concurrent_puts"];
             row(
                 &format!("put, {} in flight", w["inflight"]),
                 &w["latency"],
                 f(&w["writes_per_s"]),
             );
+            print_stages(&v["stages_concurrent_puts"]);
             let r = &v["concurrent_gets"];
             row(
-                &format!("get (ReadIndex), {} in flight", r["inflight"]),
+                &format!(
+                    "get ({}), {} in flight",
+                    v["read_mode"].as_str().unwrap_or("?"),
+                    r["inflight"]
+                ),
                 &r["latency"],
                 f(&r["reads_per_s"]),
             );
@@ -1119,6 +1175,8 @@ fn main() {
             inflight,
             connections,
             value_bytes,
+            read_mode,
+            net_threads,
         } => run_latency(
             dir,
             puts,
@@ -1126,6 +1184,8 @@ fn main() {
             inflight,
             connections,
             value_bytes,
+            &read_mode,
+            net_threads,
         ),
         Cmd::Failover { rounds } => run_failover(dir, rounds),
         Cmd::Idle {

@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
-use raftlog::{Ready, StateRole};
+use raftlog::{HardState, Ready, StateRole};
 
 use super::api::{ClientRequest, Reply, RequestError, SnapshotReceipt};
 use super::region::{Peer, RegionMeta};
@@ -100,6 +100,9 @@ pub(crate) struct PeerState {
     /// (with this metadata recorded) when the install ends, so the state store never sees an
     /// install into a region already removed.
     pub pending_destroy: Option<RegionMeta>,
+    /// The newest hard state put in a log batch. A Ready whose hard state differs only in its
+    /// commit index is not written by itself (see `StoreLoop::log_hard_state`).
+    pub hs_logged: HardState,
 }
 
 impl PeerState {

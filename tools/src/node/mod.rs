@@ -145,6 +145,7 @@ impl Node {
         let tls = TlsConfig::from_files(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)?;
         let tcfg = TransportConfig {
             frame_bytes_max: u32::try_from(cfg.limits.frame_bytes_max).unwrap_or(u32::MAX),
+            runtime_threads: cfg.limits.net_threads,
             ..TransportConfig::default()
         };
         let net = NodeTransport::bind(cfg.listen_addr, &tls, tcfg)?;
