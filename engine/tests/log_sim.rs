@@ -291,3 +291,38 @@ fn checkpoint_larger_than_a_segment_is_split_and_frees_the_tail() {
         diff(&normalized(&model), &got)
     );
 }
+
+/// A compaction queued while a snapshot record of the same region is not yet durable must not
+/// record the term of the entry the snapshot replaces: the compaction point's term would then
+/// disagree with the snapshot, and the region's leader would find the log diverging at an
+/// index this store has applied.
+#[test]
+fn compaction_behind_a_pending_snapshot_keeps_the_snapshot_term() {
+    use raftlog::{Entry, Storage};
+    let sim = sim_store(7, 512, 512 * 64, 8);
+    let (mut store, _) = open(&sim, 1 << 20);
+    let entries: Vec<Entry> = (1..=5)
+        .map(|i| Entry {
+            index: i,
+            term: 1,
+            data: vec![i as u8; 8].into(),
+            ..Default::default()
+        })
+        .collect();
+    let mut b = engine::log::LogBatch::new();
+    b.add_entries(1, entries);
+    store.write_sync(b).expect("entries");
+    // A snapshot at (5, term 2) replaces those entries; before it is durable, a checkpoint asks
+    // to compact up to 5.
+    let mut snap = engine::log::LogBatch::new();
+    snap.set_snapshot(1, 5, 2);
+    let t = store.append(snap).expect("snapshot");
+    store.compact_to(1, 5).expect("compaction");
+    store.wait_for(t).expect("snapshot durable");
+    while !store.poll(true).expect("poll").is_empty() {}
+    let log = store.region_log(1);
+    assert_eq!(log.term(5).expect("term of the compaction point"), 2);
+    drop(store);
+    let (store, _) = open(&sim, 1 << 20);
+    assert_eq!(store.region_log(1).term(5).expect("after recovery"), 2);
+}

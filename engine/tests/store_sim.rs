@@ -635,3 +635,47 @@ fn removed_learner_probes_its_membership() {
 fn snapshot_from_before_a_split_is_rebuilt() {
     run_seeds(seeds(1, 35_133), splits_and_membership_params());
 }
+
+/// Regression (seed 30065 of the re-adding family): store 3's new peer, created by a leader's
+/// message and waiting for a snapshot, was destroyed by a late message of an older
+/// configuration addressed to the store's earlier peer (an uninitialized peer knew no conf
+/// version, so any looked newer). The tombstone then named the new peer, whose leader was
+/// refused forever. An uninitialized peer now takes the creating message's conf version.
+#[test]
+fn late_message_of_an_old_configuration_spares_a_new_peer() {
+    run_seeds(
+        seeds(1, 30_065),
+        Params {
+            stores: 5,
+            initial_stores: 3,
+            keys: 6,
+            pre_split: 1,
+            membership: true,
+            reuse_stores: true,
+            busy_ms: 4000,
+            clients: 3,
+            ..Default::default()
+        },
+    );
+}
+
+/// Regression (seed 50197 of the hibernation family, with two log writes in flight): a
+/// compaction queued while a snapshot's log records were not yet durable read the term of the
+/// entry the snapshot was about to replace (a deposed leader's), and recorded it as the
+/// compaction point's term. The follower then refused every append from the leader (its log
+/// disagreed at an index it had applied) and never caught up. A compaction is now skipped while
+/// the region's log is being rewritten at or below its index.
+#[test]
+fn compaction_never_records_the_term_of_a_replaced_entry() {
+    run_seeds(
+        seeds(1, 50_197),
+        Params {
+            keys: 6,
+            pre_split: 2,
+            hibernate_idle_ticks: Some(3),
+            idle_gaps: true,
+            busy_ms: 5000,
+            ..Default::default()
+        },
+    );
+}

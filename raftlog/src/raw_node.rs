@@ -219,6 +219,41 @@ impl<S: Storage> RawNode<S> {
         self.raft.tick()
     }
 
+    /// The highest index up to which the log the application was given (entries reported
+    /// durable, or handed out in a `Ready` for persisting) agrees with the Raft log. An
+    /// application that persists a hard state outside the `Ready` that reported it (for
+    /// example a commit index it wrote later, with other records) must cap its commit here: a
+    /// follower's commit index may cover entries not handed out yet, and the log it recovers
+    /// from may still hold conflicting entries at those indexes.
+    pub fn handed_index(&self) -> u64 {
+        let log = &self.raft.raft_log;
+        let mut index = log.persisted;
+        if let Some((i, t)) = self.handed_entry {
+            if log.match_term(i, t) {
+                index = index.max(i);
+            }
+        }
+        if self.handed_snapshot > 0
+            && log
+                .unstable
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.metadata.index == self.handed_snapshot)
+        {
+            index = index.max(self.handed_snapshot);
+        }
+        index
+    }
+
+    /// A leader sends a heartbeat to every peer now (it carries the commit index each peer can
+    /// take); anyone else does nothing. With [`crate::Config::skip_bcast_commit`], this is how
+    /// an application spreads a new commit index sooner than the next heartbeat.
+    pub fn ping(&mut self) {
+        if self.raft.state == crate::StateRole::Leader {
+            self.raft.bcast_heartbeat();
+        }
+    }
+
     /// Campaigns to become leader now.
     pub fn campaign(&mut self) -> Result<()> {
         self.raft.step(Message {

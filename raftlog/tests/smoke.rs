@@ -30,6 +30,10 @@ fn config(id: u64) -> Config {
 
 impl Cluster {
     fn new(voters: &[u64]) -> Cluster {
+        Cluster::with_config(voters, config)
+    }
+
+    fn with_config(voters: &[u64], config: impl Fn(u64) -> Config) -> Cluster {
         let mut nodes = BTreeMap::new();
         for &id in voters {
             let store =
@@ -214,5 +218,40 @@ impl ConfOf for MemStorage {
     fn initial_state_conf(&self) -> Vec<u64> {
         use raftlog::Storage;
         self.initial_state().unwrap().conf_state.voters
+    }
+}
+
+/// With `skip_bcast_commit`, a follower learns a new commit index only with the next append or
+/// heartbeat; `RawNode::ping` on the leader sends that heartbeat at once (and is a no-op on a
+/// follower).
+#[test]
+fn ping_spreads_the_commit_index_when_commits_are_not_broadcast() {
+    let mut c = Cluster::with_config(&[1, 2, 3], |id| Config {
+        skip_bcast_commit: true,
+        ..config(id)
+    });
+    let leader = c.tick_until_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    c.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .raw
+        .propose(vec![], b"a".to_vec())
+        .unwrap();
+    c.settle();
+    let commit = c.nodes[&leader].raw.raft.raft_log.committed;
+    assert_eq!(c.nodes[&leader].applied, vec![b"a".to_vec()]);
+    assert!(
+        c.nodes[&follower].raw.raft.raft_log.committed < commit,
+        "the follower learned the commit without a broadcast"
+    );
+    c.nodes.get_mut(&follower).unwrap().raw.ping();
+    c.settle();
+    assert!(c.nodes[&follower].raw.raft.raft_log.committed < commit);
+    c.nodes.get_mut(&leader).unwrap().raw.ping();
+    c.settle();
+    for (id, n) in &c.nodes {
+        assert_eq!(n.raw.raft.raft_log.committed, commit, "node {id}");
+        assert_eq!(n.applied, vec![b"a".to_vec()], "node {id}");
     }
 }

@@ -239,7 +239,12 @@ heartbeat-ticks = 2
             self.check_running();
             let out = self.ctl(&["status"]);
             let text = String::from_utf8_lossy(&out.stdout).to_string();
-            if out.status.success() && summary(&text) == Some((NODES, 0, regions)) {
+            // Healthy, and every store applied what the leader applied (followers learn a new
+            // commit index within a tick, not with the write that made it).
+            if out.status.success()
+                && summary(&text) == Some((NODES, 0, regions))
+                && converged(&text)
+            {
                 return text;
             }
             assert!(
@@ -291,6 +296,24 @@ fn summary(status: &str) -> Option<(usize, usize, usize)> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let num = |i: usize| words.get(i)?.parse::<usize>().ok();
     Some((num(1)?, num(4)?, num(6)?))
+}
+
+/// Whether, in every region of a status, all stores report the same applied index.
+fn converged(status: &str) -> bool {
+    let mut applied: Vec<&str> = Vec::new();
+    for line in status.lines().map(str::trim) {
+        if line.starts_with("region ") || line.starts_with("summary: ") {
+            if applied.windows(2).any(|w| w[0] != w[1]) {
+                return false;
+            }
+            applied.clear();
+        } else if let Some(rest) = line.strip_prefix("store ") {
+            if let Some((_, after)) = rest.split_once(": applied ") {
+                applied.push(after.split_whitespace().next().unwrap_or(""));
+            }
+        }
+    }
+    applied.windows(2).all(|w| w[0] == w[1])
 }
 
 /// `(region id, range)` of every region line, asserting each names exactly one leader.

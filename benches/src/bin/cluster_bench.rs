@@ -605,16 +605,28 @@ fn concurrent_ops(
     (h, elapsed, counts)
 }
 
-fn run_latency(
-    dir: Option<&Path>,
+/// The options of `latency`.
+struct LatencyOptions {
     puts: u64,
     ops_concurrent: u64,
     inflight: usize,
     connections: usize,
     value_bytes: usize,
-    read_mode: &str,
+    read_mode: String,
     net_threads: usize,
-) -> Value {
+}
+
+fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
+    let LatencyOptions {
+        puts,
+        ops_concurrent,
+        inflight,
+        connections,
+        value_bytes,
+        ref read_mode,
+        net_threads,
+    } = *o;
+    let read_mode = read_mode.as_str();
     let t_start = Instant::now();
     let mut c = Cluster::start(dir, read_mode, net_threads);
     let (t, _) = c.leader(Duration::from_secs(30)).expect("a leader");
@@ -928,7 +940,10 @@ fn run_idle(
     make_certs(&wd.path.join("certs"));
     let ports = free_ports(NODES);
     let cfgs: Vec<Config> = (1..=NODES)
-        .map(|i| Config::from_toml_str(&config_text(i, &ports, "read-index", 2), &wd.path).expect("config"))
+        .map(|i| {
+            Config::from_toml_str(&config_text(i, &ports, "read-index", 2), &wd.path)
+                .expect("config")
+        })
         .collect();
     let split_keys: Vec<Bytes> = (1..regions)
         .map(|i| Bytes::from(format!("r{i:08}")))
@@ -1179,13 +1194,15 @@ fn main() {
             net_threads,
         } => run_latency(
             dir,
-            puts,
-            ops_concurrent,
-            inflight,
-            connections,
-            value_bytes,
-            &read_mode,
-            net_threads,
+            &LatencyOptions {
+                puts,
+                ops_concurrent,
+                inflight,
+                connections,
+                value_bytes,
+                read_mode,
+                net_threads,
+            },
         ),
         Cmd::Failover { rounds } => run_failover(dir, rounds),
         Cmd::Idle {

@@ -3,9 +3,10 @@
 //! A write is a [`LogBatch`] of records (entries of any number of regions, hard states,
 //! configurations, region metadata). The writer ([`LogStore`]) groups everything queued since its
 //! last device write into one on-disk batch: one write and one flush (group commit), with at most
-//! one batch in flight, so that on recovery a damaged batch followed by any newer valid block is
-//! known to be corruption of acknowledged data, never a torn tail. Each batch starts on a fresh
-//! block, carries a sequence number and the chain checksum of the batch before it.
+//! two batches in flight (the second flagged as such), so that on recovery a damaged batch
+//! followed by newer valid blocks is known to be corruption of acknowledged data unless the only
+//! newer batch is that flagged second one (then both are the torn tail). Each batch starts on a
+//! fresh block, carries a sequence number and the chain checksum of the batch before it.
 //!
 //! [`RegionLog`] serves one region's log to Raft through `raftlog::Storage`, from the in-memory
 //! index and tail cache. Entries evicted from the cache are read back synchronously from the

@@ -34,7 +34,7 @@ pub mod batch_field {
     pub const RECORD_COUNT: usize = 4;
     /// `u32` payload bytes of the batch, this header included.
     pub const PAYLOAD_LEN: usize = 8;
-    /// `u32` flags (bit 0: checkpoint batch); other bits zero.
+    /// `u32` flags (bit 0: checkpoint batch, bit 1: pipelined); other bits zero.
     pub const FLAGS: usize = 12;
     /// `u32` number of [`super::RegionSpan`]s that follow (the previous batch's summary).
     pub const SUMMARY_COUNT: usize = 16;
@@ -94,6 +94,10 @@ pub fn put_summary(out: &mut impl ByteSink, summary: Option<&[RegionSpan]>) {
 
 /// Flag of a batch written to carry every region's latest state forward (a checkpoint).
 pub const BATCH_FLAG_CHECKPOINT: u32 = 1;
+
+/// Flag of a batch written while the batch before it was still in flight (see the writer's
+/// module docs): if that batch is damaged and this one is the last, both are the torn tail.
+pub const BATCH_FLAG_PIPELINED: u32 = 2;
 
 /// Record kinds (the first byte of a record header).
 pub mod kind {

@@ -5,15 +5,18 @@
 //! checksum, and verify block by block. Where that fails, the rest of the segment and the whole
 //! next segment are examined:
 //! - no valid block newer than the expected batch: the end of the log. Blocks of the expected
-//!   batch itself are a torn tail (the last write, never acknowledged: the writer keeps one write
-//!   in flight) and are discarded with a log line;
-//! - a valid block of a newer batch: the expected batch was acknowledged (the newer one was only
-//!   written after it completed) and is damaged. That is corruption: it is reported with the
+//!   batch itself are a torn tail (the last write, never acknowledged) and are discarded with a
+//!   log line;
+//! - only the next batch, flagged pipelined (written while the expected one was in flight, see
+//!   the writer): both are a torn tail, neither acknowledged, discarded with a log line;
+//! - any other valid block of a newer batch: the expected batch was acknowledged (the newer one
+//!   was only written after it completed) and is damaged. That is corruption: it is reported with the
 //!   regions and index ranges it cost, those regions are refused, and the scan resumes at the
 //!   newer batch. Nothing is truncated silently.
 //!
-//! Limits: damage to the very last acknowledged batch, with nothing written after it, cannot be
-//! told from a torn unacknowledged write, and is discarded as a torn tail. A damaged stretch
+//! Limits: damage to the very last acknowledged batch, with nothing written after it (or only a
+//! pipelined batch after it), cannot be told from a torn unacknowledged write, and is discarded
+//! as a torn tail. A damaged stretch
 //! longer than the rest of a segment plus one segment ends the scan early.
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +26,10 @@ use bytes::Bytes;
 use tracing::{error, info, warn};
 
 use super::index::{BatchAt, LogIndex, Refusal};
-use super::record::{decode_records, summarize, DecodedRecord, Record, RegionSpan};
+use super::record::{
+    batch_field, decode_records, summarize, DecodedRecord, Record, RegionSpan,
+    BATCH_FLAG_PIPELINED, BATCH_HEADER_LEN,
+};
 use super::writer::WritePos;
 use super::DeviceSlot;
 use crate::error::{EngineError, Result};
@@ -527,6 +533,17 @@ impl Scan<'_> {
             return Ok(false);
         }
         newer.sort_by_key(|(_, h)| h.sequence);
+        if self.pipelined_tail(&newer, seq)? {
+            warn!(device = self.reader.label, offset = self.pos.offset, sequence = seq, detail = %miss.detail,
+                "discarding torn tail of the log (the last two writes, in flight together, never acknowledged)");
+            self.report.torn_tail = Some(TornTail {
+                offset: self.pos.offset,
+                sequence: seq,
+                blocks_valid: same,
+                detail: miss.detail,
+            });
+            return Ok(false);
+        }
         let corruption = Corruption {
             offset: self.pos.offset,
             sequence: seq,
@@ -568,6 +585,27 @@ impl Scan<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// Whether the only newer batch after the failed batch `seq` is batch `seq + 1` written while
+    /// `seq` was still in flight ([`BATCH_FLAG_PIPELINED`]). The writer acknowledges it only
+    /// after `seq`, and writes nothing further until `seq` is durable, so the two are the torn
+    /// tail: neither was acknowledged.
+    fn pipelined_tail(&mut self, newer: &[(u64, BlockHeader)], seq: u64) -> Result<bool> {
+        let [(at, h)] = newer else {
+            return Ok(false);
+        };
+        if h.sequence != seq + 1 {
+            return Ok(false);
+        }
+        // The flags sit in the batch header at the start of the first block's payload (which
+        // verified): read them there, so a second batch that is itself torn counts too.
+        let first = payload(self.reader.raw(*at)?, h);
+        if first.len() < BATCH_HEADER_LEN {
+            return Ok(false);
+        }
+        let flags = crate::layout::le::get_u32(first, batch_field::FLAGS);
+        Ok(flags & BATCH_FLAG_PIPELINED != 0)
     }
 
     /// Whether the (unverified) block at `at` carries the block magic and sequence `seq`.

@@ -103,6 +103,9 @@ pub(crate) struct PeerState {
     /// The newest hard state put in a log batch. A Ready whose hard state differs only in its
     /// commit index is not written by itself (see `StoreLoop::log_hard_state`).
     pub hs_logged: HardState,
+    /// The commit index a leader last spread with a heartbeat of its own (see
+    /// `StoreLoop::handle_tick`).
+    pub commit_pinged: u64,
 }
 
 impl PeerState {

@@ -364,6 +364,7 @@ impl StoreLoop {
             incarnation: self.next_incarnation,
             pending_destroy: None,
             hs_logged,
+            commit_pinged: 0,
         };
         self.next_incarnation += 1;
         self.peers.insert(region_id, peer);
@@ -386,6 +387,14 @@ impl StoreLoop {
                 continue;
             };
             peer.node.tick();
+            // Followers learn a new commit index with the next append or heartbeat (no append
+            // is sent just for it, see `raft_config`); a leader whose commit moved since the
+            // last tick tells them now, so they apply within a tick once writes pause.
+            let committed = peer.node.raft.raft_log.committed;
+            if peer.is_leader() && committed > peer.commit_pinged {
+                peer.commit_pinged = committed;
+                peer.node.ping();
+            }
             self.dirty.insert(region_id);
             self.maybe_probe_membership(region_id);
             self.maybe_hibernate(region_id);
@@ -423,7 +432,12 @@ impl StoreLoop {
             term: raft.term,
             ..Default::default()
         };
-        for to in peer.meta.peers.iter().filter(|p| p.peer_id != peer.me.peer_id) {
+        for to in peer
+            .meta
+            .peers
+            .iter()
+            .filter(|p| p.peer_id != peer.me.peer_id)
+        {
             let env = Self::raft_envelope(&peer.meta, peer.me, *to, MessageKind::Raft, msg.clone());
             self.transport.send(to.store_id, vec![env]);
         }
@@ -734,7 +748,11 @@ impl StoreLoop {
         let Some(p) = self.peers.get_mut(&region_id) else {
             return;
         };
-        let hs = p.node.raft.hard_state();
+        let mut hs = p.node.raft.hard_state();
+        // Never past the entries this store's log has (or is about to have, in an earlier or
+        // this batch): a follower's commit may cover entries still to come, and at those
+        // indexes the log may yet hold older, conflicting ones.
+        hs.commit = hs.commit.min(p.node.handed_index()).max(p.hs_logged.commit);
         if hs != p.hs_logged {
             self.batch.set_hard_state(region_id, hs);
             p.hs_logged = hs;
@@ -1011,11 +1029,17 @@ impl StoreLoop {
                 return false;
             }
         }
+        // The peer knows no range yet, but it does know that a configuration at the message's
+        // conf version has it: a stale message from an older configuration, addressed to an
+        // earlier peer of this store, must not take it for a stale peer and destroy it.
         let meta = RegionMeta {
             region_id: m.region_id,
             start_key: Bytes::new(),
             end_key: Bytes::new(),
-            epoch: Epoch::default(),
+            epoch: Epoch {
+                conf_version: m.epoch.conf_version,
+                version: 0,
+            },
             peers: vec![m.to],
         };
         // Remember the peer in the log so a restart knows it (its hard state follows).

@@ -232,9 +232,16 @@ fn reconcile(log: &mut LogStore, state: &mut StateStore, store_id: u64) -> Resul
                 batch.set_conf_state(region_id, st.conf_state.clone());
             }
             let last = rl.last_index().unwrap_or(0);
-            if st.applied_index > last {
+            // Entries applied from the log agree with it; only a snapshot install makes the
+            // state store's applied (index, term) disagree with the log's entry there.
+            let disagrees = st.applied_index + 1 >= first
+                && st.applied_index <= last
+                && raftlog::Storage::term(&rl, st.applied_index).ok() != Some(st.applied_term);
+            if st.applied_index > last || disagrees {
                 // A snapshot was installed (durable in the state store) but the log records
-                // that say so were lost in a crash: restate them.
+                // that say so were lost in a crash: restate them. The log may even reach past
+                // the snapshot's index with older entries of a deposed leader's term, which
+                // the snapshot replaces (recording it discards the region's entries).
                 batch.set_snapshot(region_id, st.applied_index, st.applied_term);
                 batch.set_conf_state(region_id, st.conf_state.clone());
                 batch.set_region_meta(region_id, st.meta.clone());
