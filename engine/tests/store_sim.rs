@@ -663,8 +663,8 @@ fn late_message_of_an_old_configuration_spares_a_new_peer() {
 /// compaction queued while a snapshot's log records were not yet durable read the term of the
 /// entry the snapshot was about to replace (a deposed leader's), and recorded it as the
 /// compaction point's term. The follower then refused every append from the leader (its log
-/// disagreed at an index it had applied) and never caught up. A compaction is now skipped while
-/// the region's log is being rewritten at or below its index.
+/// disagreed at an index it had applied) and never caught up. A compaction now names the term
+/// the batches not yet durable leave at its index.
 #[test]
 fn compaction_never_records_the_term_of_a_replaced_entry() {
     run_seeds(

@@ -180,17 +180,6 @@ pub trait Io: Send {
     /// It also hands queued operations to the device (an implicit `kick`), so a caller that is
     /// about to wait need not kick first: with io_uring that is one system call, not two.
     fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, IoError>;
-    /// Like [`Io::reap`] with `min_complete` 1, but gives up waiting after `timeout` (and then
-    /// returns whatever is there, maybe nothing). Backends whose operations never keep the
-    /// caller waiting long (`sync`, `sim`) just reap.
-    fn reap_timeout(
-        &mut self,
-        out: &mut Vec<Completion>,
-        timeout: std::time::Duration,
-    ) -> Result<usize, IoError> {
-        let _ = timeout;
-        self.reap(out, 1)
-    }
     /// Operations submitted whose completion has not been reaped yet.
     fn in_flight(&self) -> usize;
     /// Most operations in flight at once.

@@ -549,54 +549,6 @@ impl Io for UringIo {
         Ok(count)
     }
 
-    fn reap_timeout(
-        &mut self,
-        out: &mut Vec<Completion>,
-        timeout: std::time::Duration,
-    ) -> Result<usize, IoError> {
-        if self.ring.submission().taskrun() {
-            self.enter(0)?;
-        }
-        if !self.ring.params().is_feature_ext_arg() {
-            // Kernels before 5.11 cannot bound the wait: wait for a completion.
-            return self.reap(out, 1);
-        }
-        self.drain_cq()?;
-        if self.done.is_empty() && self.in_flight > 0 {
-            let ts = io_uring::types::Timespec::new()
-                .sec(timeout.as_secs())
-                .nsec(timeout.subsec_nanos());
-            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) => {}
-                Err(source) => {
-                    self.latched = true;
-                    return Err(IoError::Os {
-                        op: "io_uring_enter",
-                        offset: 0,
-                        source,
-                    });
-                }
-            }
-            if self.ring.submission().taskrun() {
-                self.enter(0)?;
-            }
-            self.drain_cq()?;
-        }
-        if !self.ring.submission().is_empty() {
-            self.enter(0)?;
-        }
-        let count = self.done.len();
-        self.in_flight -= count;
-        out.extend(self.done.drain(..));
-        Ok(count)
-    }
-
     fn in_flight(&self) -> usize {
         self.in_flight
     }

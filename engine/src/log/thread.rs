@@ -1,6 +1,6 @@
 //! [`LogWriterThread`]: a [`LogStore`] on its own thread, for real devices. Appends arrive over a
-//! bounded channel; while device writes are in flight, new appends queue up and become the next
-//! group-committed batch, written as the second write in flight when the first one still runs.
+//! bounded channel; while one device write is in flight, new appends queue up and become the next
+//! group-committed batch.
 
 use std::sync::Arc;
 
@@ -81,11 +81,6 @@ impl Drop for LogWriterThread {
     }
 }
 
-/// How long the writer waits on the device before looking for appends that could go out as the
-/// second write in flight. A synced write takes 0.2 to 1 ms on the devices measured: at most a
-/// few extra wakeups per write, and an append waits at most this long instead of a whole write.
-const SECOND_WRITE_WAIT: std::time::Duration = std::time::Duration::from_micros(150);
-
 fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) -> LogStore {
     let span = tracing::info_span!("log_writer", store = store.superblock().store_id, device = %store.shared().label);
     let _entered = span.enter();
@@ -109,21 +104,8 @@ fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) 
             take_msg(&mut store, &mut callbacks, msg);
         }
         // Callbacks run before the next batch is gathered: they wake the callers, whose next
-        // appends then have the most chance to join the next batch (group commit). While one
-        // write is in flight and a second could join it, the wait for the device is bounded,
-        // so appends that arrive meanwhile go out at once as the second write.
-        let mut acks = poll_logged(&mut store, false);
-        if acks.is_empty() {
-            acks = if open && store.second_write_free() {
-                store.poll_for(SECOND_WRITE_WAIT).unwrap_or_else(|e| {
-                    warn!(error = %e, "log writer poll failed");
-                    Vec::new()
-                })
-            } else {
-                poll_logged(&mut store, true)
-            };
-        }
-        for a in acks {
+        // appends then have the most chance to join the next batch (group commit).
+        for a in poll_logged(&mut store, true) {
             if let Some(cb) = callbacks.remove(&a.ticket.0) {
                 cb(a.result);
             }
