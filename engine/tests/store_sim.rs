@@ -172,20 +172,7 @@ fn membership_changes_under_faults() {
 /// peer overlaps it; stale peers learn of their removal from any newer member).
 #[test]
 fn splits_and_membership_under_faults() {
-    run_seeds(
-        seeds(3, 35_001),
-        Params {
-            stores: 5,
-            initial_stores: 3,
-            keys: 8,
-            splits: true,
-            membership: true,
-            busy_ms: 4000,
-            eager_splits: true,
-            reads_via_cas: true,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(3, 35_001), splits_and_membership_params());
 }
 
 /// Writes with unknown outcomes re-sent with the same (client, sequence): never applied twice
@@ -211,17 +198,18 @@ fn retried_writes_apply_once() {
 /// come back and every region takes a write within a bound after healing.
 #[test]
 fn hibernation_under_faults() {
-    run_seeds(
-        seeds(6, 50_000),
-        Params {
-            keys: 6,
-            pre_split: 2,
-            hibernate_idle_ticks: Some(3),
-            idle_gaps: true,
-            busy_ms: 5000,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(6, 50_000), hibernation_params());
+}
+
+fn hibernation_params() -> Params {
+    Params {
+        keys: 6,
+        pre_split: 2,
+        hibernate_idle_ticks: Some(3),
+        idle_gaps: true,
+        busy_ms: 5000,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -468,20 +456,22 @@ fn split_racing_a_read_loses_the_key() {
 /// start empty too, or the leader's appends match the old entries and skip the snapshot.
 #[test]
 fn readding_a_store_with_a_stale_peer() {
-    run_seeds(
-        seeds(1, 30_000),
-        Params {
-            stores: 5,
-            initial_stores: 3,
-            keys: 6,
-            pre_split: 1,
-            membership: true,
-            reuse_stores: true,
-            busy_ms: 4000,
-            clients: 3,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(1, 30_000), readding_params());
+}
+
+/// Stores removed and added back while clients write (the re-adding regressions).
+fn readding_params() -> Params {
+    Params {
+        stores: 5,
+        initial_stores: 3,
+        keys: 6,
+        pre_split: 1,
+        membership: true,
+        reuse_stores: true,
+        busy_ms: 4000,
+        clients: 3,
+        ..Default::default()
+    }
 }
 
 /// BUG (engine/src/state/session.rs `SessionTable::insert`): replacing a client's session by
@@ -566,18 +556,7 @@ fn membership_applied_out_of_range() {
 /// the term and vote it cast.
 #[test]
 fn split_child_missing_from_state_store() {
-    run_seeds(
-        seeds(1, 20_005),
-        Params {
-            keys: 8,
-            pre_split: 1,
-            splits: true,
-            eager_splits: true,
-            reads_via_cas: true,
-            busy_ms: 4000,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(1, 20_005), eager_split_params());
 }
 
 /// Regression (seed 20053 of the eager split family, once commit-only hard states stopped being
@@ -588,20 +567,23 @@ fn split_child_missing_from_state_store() {
 /// exist in store 2's state store. A child found at open now takes the split's metadata back.
 #[test]
 fn nested_split_child_replays_its_own_split() {
-    run_seeds(
-        seeds(1, 20_053),
-        Params {
-            keys: 8,
-            pre_split: 1,
-            splits: true,
-            eager_splits: true,
-            reads_via_cas: true,
-            busy_ms: 4000,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(1, 20_053), eager_split_params());
 }
 
+/// The eager split family (splits as soon as a region has keys) with one pre-split.
+fn eager_split_params() -> Params {
+    Params {
+        keys: 8,
+        pre_split: 1,
+        splits: true,
+        eager_splits: true,
+        reads_via_cas: true,
+        busy_ms: 4000,
+        ..Default::default()
+    }
+}
+
+/// Splits and membership changes together on five stores.
 fn splits_and_membership_params() -> Params {
     Params {
         stores: 5,
@@ -643,20 +625,7 @@ fn snapshot_from_before_a_split_is_rebuilt() {
 /// refused forever. An uninitialized peer now takes the creating message's conf version.
 #[test]
 fn late_message_of_an_old_configuration_spares_a_new_peer() {
-    run_seeds(
-        seeds(1, 30_065),
-        Params {
-            stores: 5,
-            initial_stores: 3,
-            keys: 6,
-            pre_split: 1,
-            membership: true,
-            reuse_stores: true,
-            busy_ms: 4000,
-            clients: 3,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(1, 30_065), readding_params());
 }
 
 /// Regression (seed 50197 of the hibernation family, with two log writes in flight): a
@@ -667,15 +636,5 @@ fn late_message_of_an_old_configuration_spares_a_new_peer() {
 /// the batches not yet durable leave at its index.
 #[test]
 fn compaction_never_records_the_term_of_a_replaced_entry() {
-    run_seeds(
-        seeds(1, 50_197),
-        Params {
-            keys: 6,
-            pre_split: 2,
-            hibernate_idle_ticks: Some(3),
-            idle_gaps: true,
-            busy_ms: 5000,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(1, 50_197), hibernation_params());
 }

@@ -521,27 +521,14 @@ impl Scan<'_> {
         }
         if newer.is_empty() {
             if same > 0 || miss.blocks_valid > 0 {
-                warn!(device = self.reader.label, offset = self.pos.offset, sequence = seq, detail = %miss.detail,
-                    "discarding torn tail of the log (last write, never acknowledged)");
-                self.report.torn_tail = Some(TornTail {
-                    offset: self.pos.offset,
-                    sequence: seq,
-                    blocks_valid: same,
-                    detail: miss.detail,
-                });
+                self.discard_torn_tail(seq, same, miss, "last write, never acknowledged");
             }
             return Ok(false);
         }
         newer.sort_by_key(|(_, h)| h.sequence);
         if self.pipelined_tail(&newer, seq)? {
-            warn!(device = self.reader.label, offset = self.pos.offset, sequence = seq, detail = %miss.detail,
-                "discarding torn tail of the log (the last two writes, in flight together, never acknowledged)");
-            self.report.torn_tail = Some(TornTail {
-                offset: self.pos.offset,
-                sequence: seq,
-                blocks_valid: same,
-                detail: miss.detail,
-            });
+            let what = "the last two writes, in flight together, never acknowledged";
+            self.discard_torn_tail(seq, same, miss, what);
             return Ok(false);
         }
         let corruption = Corruption {
@@ -585,6 +572,19 @@ impl Scan<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// Ends the scan at the failed batch `seq`, reported as a torn tail (`what` says why it was
+    /// never acknowledged).
+    fn discard_torn_tail(&mut self, seq: u64, blocks_valid: u32, miss: Miss, what: &str) {
+        warn!(device = self.reader.label, offset = self.pos.offset, sequence = seq, detail = %miss.detail,
+            "discarding torn tail of the log ({what})");
+        self.report.torn_tail = Some(TornTail {
+            offset: self.pos.offset,
+            sequence: seq,
+            blocks_valid,
+            detail: miss.detail,
+        });
     }
 
     /// Whether the only newer batch after the failed batch `seq` is batch `seq + 1` written while
