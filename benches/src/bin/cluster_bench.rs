@@ -46,30 +46,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Commit latency (1 in flight), throughput (64 in flight), linearizable reads.
-    Latency {
-        /// Puts measured with 1 in flight.
-        #[arg(long, default_value_t = 5000)]
-        puts: u64,
-        /// Puts and gets measured with `--inflight` in flight.
-        #[arg(long, default_value_t = 20000)]
-        ops_concurrent: u64,
-        /// Requests in flight for the concurrent phases.
-        #[arg(long, default_value_t = 64)]
-        inflight: usize,
-        /// Client connections the concurrent phases spread over.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        /// Value size.
-        #[arg(long, default_value_t = 256)]
-        value_bytes: usize,
-        /// How the nodes serve linearizable reads: `read-index` (a heartbeat round per batch of
-        /// reads, the default) or `lease` (the leader's lease; relies on bounded clock drift).
-        #[arg(long, default_value = "read-index", value_parser = ["read-index", "lease"])]
-        read_mode: String,
-        /// Threads of each node's network runtime (`limits.net-threads`).
-        #[arg(long, default_value_t = 2)]
-        net_threads: usize,
-    },
+    Latency(LatencyOptions),
     /// Leader failover time.
     Failover {
         /// Kills.
@@ -606,13 +583,29 @@ fn concurrent_ops(
 }
 
 /// The options of `latency`.
+#[derive(clap::Args)]
 struct LatencyOptions {
+    /// Puts measured with 1 in flight.
+    #[arg(long, default_value_t = 5000)]
     puts: u64,
+    /// Puts and gets measured with `--inflight` in flight.
+    #[arg(long, default_value_t = 20000)]
     ops_concurrent: u64,
+    /// Requests in flight for the concurrent phases.
+    #[arg(long, default_value_t = 64)]
     inflight: usize,
+    /// Client connections the concurrent phases spread over.
+    #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Value size.
+    #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// How the nodes serve linearizable reads: `read-index` (a heartbeat round per batch of
+    /// reads, the default) or `lease` (the leader's lease; relies on bounded clock drift).
+    #[arg(long, default_value = "read-index", value_parser = ["read-index", "lease"])]
     read_mode: String,
+    /// Threads of each node's network runtime (`limits.net-threads`).
+    #[arg(long, default_value_t = 2)]
     net_threads: usize,
 }
 
@@ -1184,26 +1177,7 @@ fn main() {
     let args = Args::parse();
     let dir = args.dir.as_deref();
     let out = match args.cmd {
-        Cmd::Latency {
-            puts,
-            ops_concurrent,
-            inflight,
-            connections,
-            value_bytes,
-            read_mode,
-            net_threads,
-        } => run_latency(
-            dir,
-            &LatencyOptions {
-                puts,
-                ops_concurrent,
-                inflight,
-                connections,
-                value_bytes,
-                read_mode,
-                net_threads,
-            },
-        ),
+        Cmd::Latency(o) => run_latency(dir, &o),
         Cmd::Failover { rounds } => run_failover(dir, rounds),
         Cmd::Idle {
             regions,

@@ -117,8 +117,6 @@ pub struct LogStore {
     /// A standalone write buffer kept for reuse by batches larger than a pool slot (a single
     /// append may exceed `batch_bytes_max`), so even those allocate nothing per write.
     spare: Option<AlignedBuf>,
-    /// The next batch, encoded while the one before it is in flight (see `prepare_next`).
-    prepared: Option<Encoded>,
     /// A batch written while `in_flight` is still in flight (see the module docs), with the tag
     /// of its pending device operation and whether it is already durable.
     second: Option<Second>,
@@ -153,7 +151,6 @@ impl LogStore {
             latched: false,
             acks: Vec::new(),
             spare: None,
-            prepared: None,
             second: None,
         }
     }
@@ -189,16 +186,12 @@ impl LogStore {
     pub fn pending_count(&self) -> usize {
         self.queue.len()
             + usize::from(matches!(self.in_flight, Some(InFlight::Batch(_))))
-            + self.prepared.as_ref().map_or(0, |e| e.tickets.len())
             + self.second.as_ref().map_or(0, |s| s.batch.tickets.len())
     }
 
     /// Whether nothing is queued or in flight.
     pub(crate) fn is_idle(&self) -> bool {
-        self.in_flight.is_none()
-            && self.queue.is_empty()
-            && self.prepared.is_none()
-            && self.second.is_none()
+        self.in_flight.is_none() && self.queue.is_empty() && self.second.is_none()
     }
 
     pub(crate) fn shared(&self) -> &SharedRef {
@@ -338,7 +331,8 @@ impl LogStore {
     }
 
     /// The term `region_id`'s log will have at `index` once the batches not yet durable
-    /// (in flight, encoded, queued; in that order) are applied, if one of them decides it.
+    /// (the ones in flight, then the queue, in that order) are applied, if one of them decides
+    /// it.
     fn pending_term(&self, region_id: u64, index: u64) -> Option<u64> {
         let in_flight = match &self.in_flight {
             Some(InFlight::Batch(b)) => b.records.as_slice(),
@@ -347,7 +341,6 @@ impl LogStore {
         let records = in_flight
             .iter()
             .chain(self.second.iter().flat_map(|sec| sec.batch.records.iter()))
-            .chain(self.prepared.iter().flat_map(|e| e.records.iter()))
             .chain(self.queue.iter().flat_map(|p| p.records.iter()));
         let mut term = None;
         for r in records.filter(|r| r.region_id() == region_id) {
@@ -385,10 +378,6 @@ impl LogStore {
                 break;
             }
             let block = wait && self.acks.is_empty();
-            if block {
-                // About to wait for the device: encode the next batch meanwhile.
-                self.prepare_next();
-            }
             {
                 let mut dev = self.shared.device();
                 completions.append(&mut dev.stash);
@@ -451,9 +440,6 @@ impl LogStore {
         if let Some(sec) = self.second.take() {
             tickets.extend(sec.batch.tickets);
         }
-        if let Some(e) = self.prepared.take() {
-            tickets.extend(e.tickets);
-        }
         tickets.extend(self.queue.drain(..).filter_map(|p| p.ticket));
         for t in tickets {
             let result = Err(first.take().unwrap_or(EngineError::Latched));
@@ -478,9 +464,6 @@ impl LogStore {
         }
         if let Some(cp) = self.superblock_wanted.take() {
             return self.start_superblock(cp);
-        }
-        if let Some(e) = self.prepared.take() {
-            return self.submit_encoded(e);
         }
         if self.queue.is_empty() {
             return Ok(());
@@ -639,23 +622,19 @@ impl LogStore {
         self.submit_encoded(encoded)
     }
 
-    /// Encodes the queued batches that follow the batch in flight into the next buffer and
-    /// seals it, so that the write goes out as soon as the one in flight is durable. Only for
-    /// plain batches that fit the current segment after the one in flight: anything else
-    /// (checkpoints, a segment change, a superblock write due) waits for the ordinary path.
-    fn prepare_next(&mut self) {
-        if self.latched
-            || self.prepared.is_some()
-            || self.second.is_some()
-            || self.superblock_wanted.is_some()
-        {
-            return;
+    /// Encodes the queued batches that follow the batch in flight, right after it, into a
+    /// sealed buffer (the second write, see the module docs). Only for plain batches that fit
+    /// the current segment after the one in flight: anything else (checkpoints, a segment
+    /// change, a superblock write due) waits for the ordinary path.
+    fn encode_second(&mut self) -> Option<Encoded> {
+        if self.latched || self.second.is_some() || self.superblock_wanted.is_some() {
+            return None;
         }
         let Some(InFlight::Batch(b)) = &self.in_flight else {
-            return;
+            return None;
         };
         if !self.queue.front().is_some_and(|p| p.flags == 0 && p.filled) {
-            return;
+            return None;
         }
         let geo = self.shared.geometry;
         let bs = geo.block_size as usize;
@@ -678,7 +657,7 @@ impl LogStore {
             for p in group.into_iter().rev() {
                 self.queue.push_front(p);
             }
-            return;
+            return None;
         }
         let shape = BatchShape {
             at,
@@ -686,7 +665,7 @@ impl LogStore {
             payload_len,
             blocks,
         };
-        self.prepared = Some(self.encode_group(group, summary, shape, BATCH_FLAG_PIPELINED));
+        Some(self.encode_group(group, summary, shape, BATCH_FLAG_PIPELINED))
     }
 
     /// Encodes `group` (with the previous batch's `summary`) into a write buffer and seals it.
@@ -740,7 +719,7 @@ impl LogStore {
     }
 
     /// Submits an encoded batch; it becomes the batch in flight.
-    fn submit_encoded(&mut self, e: Encoded) -> Result<()> {
+    fn submit_encoded(&mut self, mut e: Encoded) -> Result<()> {
         let at = e.shape.at;
         assert!(
             at.offset == self.pos.offset
@@ -748,40 +727,32 @@ impl LogStore {
                 && e.shape.prev_checksum == self.pos.prev_checksum,
             "batch encoded for another position"
         );
-        self.pos.prev_summary = e.used_summary;
-        let tag = self.tag();
-        let submitted = self.submit(IoOp::Write {
-            tag,
-            offset: at.offset,
-            buf: e.buf,
-            durable: self.config.durable_writes,
-        });
-        let summary = summarize(&e.records);
-        self.in_flight = Some(InFlight::Batch(BatchInFlight {
-            tickets: e.tickets,
-            records: e.records,
-            spans: e.spans,
-            at,
-            blocks: e.shape.blocks as u32,
-            checksum: e.checksum,
-            flags: e.flags,
-            flushing: false,
-            summary,
-        }));
+        self.pos.prev_summary = e.used_summary.take();
+        let (batch, _, submitted) = self.write_encoded(e);
+        self.in_flight = Some(InFlight::Batch(batch));
         // A failed submission latches the writer, which fails the tickets just put in flight.
         submitted
     }
 
     /// Writes the batches queued behind the one in flight as the second write in flight, if
-    /// they qualify (see `prepare_next` and the module docs).
+    /// they qualify (see `encode_second` and the module docs).
     fn start_second(&mut self) -> Result<()> {
-        if self.second.is_some() || !matches!(self.in_flight, Some(InFlight::Batch(_))) {
-            return Ok(());
-        }
-        self.prepare_next();
-        let Some(e) = self.prepared.take() else {
+        let Some(e) = self.encode_second() else {
             return Ok(());
         };
+        let (batch, tag, submitted) = self.write_encoded(e);
+        self.second = Some(Second {
+            batch,
+            tag,
+            durable: false,
+        });
+        // A failed submission latches the writer, which fails both batches in flight.
+        submitted
+    }
+
+    /// Submits the write of an encoded batch: the batch to track in flight, the write's tag,
+    /// and the submission's outcome.
+    fn write_encoded(&mut self, e: Encoded) -> (BatchInFlight, u64, Result<()>) {
         let tag = self.tag();
         let submitted = self.submit(IoOp::Write {
             tag,
@@ -789,24 +760,18 @@ impl LogStore {
             buf: e.buf,
             durable: self.config.durable_writes,
         });
-        let summary = summarize(&e.records);
-        self.second = Some(Second {
-            batch: BatchInFlight {
-                tickets: e.tickets,
-                records: e.records,
-                spans: e.spans,
-                at: e.shape.at,
-                blocks: e.shape.blocks as u32,
-                checksum: e.checksum,
-                flags: e.flags,
-                flushing: false,
-                summary,
-            },
-            tag,
-            durable: false,
-        });
-        // A failed submission latches the writer, which fails both batches in flight.
-        submitted
+        let batch = BatchInFlight {
+            summary: summarize(&e.records),
+            tickets: e.tickets,
+            records: e.records,
+            spans: e.spans,
+            at: e.shape.at,
+            blocks: e.shape.blocks as u32,
+            checksum: e.checksum,
+            flags: e.flags,
+            flushing: false,
+        };
+        (batch, tag, submitted)
     }
 
     fn take_buffer(&mut self, len: usize) -> AlignedBuf {
