@@ -86,7 +86,8 @@ pub struct OpenOptions {
     /// Number of pool buffers. Default 32: 8 MiB pinned, within the usual `RLIMIT_MEMLOCK`.
     pub pool_slot_count: usize,
     /// Regular files only: create the file if missing and extend it to this size if smaller
-    /// (never shrinks). Default `None`: the file must exist.
+    /// (never shrinks); with `direct` the added range is written with zeros (see
+    /// `create_or_extend`). Default `None`: the file must exist.
     pub create_size_bytes: Option<u64>,
     /// Block devices only: open with `O_EXCL` (refused while mounted or claimed by another
     /// exclusive opener). Default true. The store's second and third handles (the state store's
@@ -262,7 +263,7 @@ pub fn open_with_mode(
     mode: DurableMode,
 ) -> Result<(Box<dyn Io>, DeviceInfo), DeviceError> {
     if let Some(size) = opts.create_size_bytes {
-        create_or_extend(path, size)?;
+        create_or_extend(path, size, opts.direct)?;
     }
     let info = probe(path)?;
     let file = open_file(path, info.kind, opts.direct, opts.exclusive)?;
@@ -320,7 +321,16 @@ pub fn sim(seed: u64, geometry: Geometry, faults: sim::FaultConfig) -> sim::SimI
     sim::SimIo::new(seed, geometry, faults)
 }
 
-fn create_or_extend(path: &Path, size: u64) -> Result<(), DeviceError> {
+/// Creates the file or extends it to `size` bytes. With `zero_fill` (direct I/O: the engine's
+/// case) the new range is written with zeros rather than left as a hole, so that every later
+/// write is an overwrite of allocated blocks, as on a raw disk. Writing into a hole makes ext4
+/// allocate blocks and write their metadata on every synced direct write, and io_uring hands
+/// such writes to a kernel worker thread: `basalt-bench --target log` at one write in flight
+/// measured p50 219 µs on a sparse file against 137 µs on a zeroed one, and a 3-node cluster
+/// issued two device writes (data and metadata) per log write. Zeroing takes about 0.7 s per
+/// GiB here and is done once; an interrupted fill leaves a shorter file that the next open
+/// extends. Without direct I/O (tmpfs) the file stays sparse: zeros would only cost memory.
+fn create_or_extend(path: &Path, size: u64, zero_fill: bool) -> Result<(), DeviceError> {
     if let Ok(meta) = std::fs::metadata(path) {
         if !meta.file_type().is_file() {
             return Ok(()); // block devices are never resized; probe checks the rest
@@ -333,8 +343,40 @@ fn create_or_extend(path: &Path, size: u64) -> Result<(), DeviceError> {
         .open(path)
         .map_err(|e| os_error(path, e))?;
     let len = file.metadata().map_err(|e| os_error(path, e))?.len();
-    if len < size {
+    if len >= size {
+        return Ok(());
+    }
+    if zero_fill {
+        let started = std::time::Instant::now();
+        write_zeros(&file, len, size).map_err(|e| os_error(path, e))?;
+        tracing::info!(path = %path.display(), from = len, to = size, elapsed_ms = started.elapsed().as_millis() as u64, "device file zero-filled");
+    } else {
         file.set_len(size).map_err(|e| os_error(path, e))?;
+    }
+    Ok(())
+}
+
+/// Writes zeros over `[from, to)` of `file` and makes them durable, then drops them from the
+/// page cache (the engine reads the device directly).
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK_BYTES: u64 = 4 << 20;
+    let zeros = vec![0u8; CHUNK_BYTES as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK_BYTES);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    file.sync_all()?;
+    // SAFETY: plain syscall on an open descriptor; advice only, failure is harmless.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
     }
     Ok(())
 }
