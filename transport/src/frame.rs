@@ -38,6 +38,10 @@ pub enum FrameKind {
     ClientRequest = 5,
     /// The answer to a client request.
     ClientResponse = 6,
+    /// A client call on a call stream: a call id, then what a `ClientRequest` carries.
+    ClientCall = 7,
+    /// The answer to a client call: its call id, then what a `ClientResponse` carries.
+    ClientReply = 8,
 }
 
 impl FrameKind {
@@ -50,6 +54,8 @@ impl FrameKind {
             4 => FrameKind::SnapshotReceipt,
             5 => FrameKind::ClientRequest,
             6 => FrameKind::ClientResponse,
+            7 => FrameKind::ClientCall,
+            8 => FrameKind::ClientReply,
             _ => return None,
         })
     }
@@ -262,6 +268,78 @@ pub async fn read_frame(
     Ok(Some(header.check_body(Bytes::from(body))?))
 }
 
+/// Reads the frames of a long-lived stream: it takes whatever the stream has (one read for
+/// many small frames, where [`read_frame`] makes two per frame) and hands the frames out one
+/// by one.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: BytesMut,
+    frame_bytes_max: u32,
+}
+
+/// Most bytes taken from a stream in one read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+impl FrameReader {
+    /// A reader refusing frame bodies longer than `frame_bytes_max`.
+    pub fn new(frame_bytes_max: u32) -> FrameReader {
+        FrameReader {
+            buf: BytesMut::new(),
+            frame_bytes_max,
+        }
+    }
+
+    /// The next frame. `Ok(None)`: the stream ended cleanly between frames.
+    pub async fn next(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Option<Frame>, crate::TransportError> {
+        loop {
+            if let Some(frame) = self.take()? {
+                return Ok(Some(frame));
+            }
+            match recv.read_chunk(READ_CHUNK_BYTES, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(FrameError::Truncated {
+                        needed: self.missing(),
+                    }
+                    .into())
+                }
+            }
+        }
+    }
+
+    /// A whole frame from the buffer, if one is there; a bad header is an error at once.
+    fn take(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h.copy_from_slice(&self.buf[..FRAME_HEADER_LEN]);
+        let header = FrameHeader::parse(&h, self.frame_bytes_max)?;
+        let end = FRAME_HEADER_LEN + header.body_len as usize;
+        if self.buf.len() < end {
+            self.buf.reserve(end - self.buf.len());
+            return Ok(None);
+        }
+        let mut whole = self.buf.split_to(end);
+        let body = whole.split_off(FRAME_HEADER_LEN).freeze();
+        header.check_body(body).map(Some)
+    }
+
+    /// Bytes still missing from the partial frame in the buffer (whose header, if complete,
+    /// has already been accepted by [`FrameReader::take`]).
+    fn missing(&self) -> usize {
+        if self.buf.len() < FRAME_HEADER_LEN {
+            return FRAME_HEADER_LEN - self.buf.len();
+        }
+        let body_len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
+        (FRAME_HEADER_LEN + body_len as usize).saturating_sub(self.buf.len())
+    }
+}
+
 /// Writes one frame to a QUIC stream.
 pub async fn write_frame(
     send: &mut quinn::SendStream,
@@ -302,6 +380,26 @@ mod tests {
         h.update(b"xy");
         assert_eq!(crc, h.finalize());
         assert_eq!(&enc[12..], b"xy");
+    }
+
+    #[test]
+    fn frame_reader_splits_a_buffer_of_frames_and_waits_for_partial_ones() {
+        let a = Frame::new(FrameKind::ClientCall, Bytes::from_static(b"first"));
+        let b = Frame::new(FrameKind::ClientReply, Bytes::from(vec![9u8; 300]));
+        let mut all = BytesMut::new();
+        a.encode_into(&mut all);
+        b.encode_into(&mut all);
+        let mut r = FrameReader::new(1024);
+        let cut = all.len() - 10;
+        r.buf.extend_from_slice(&all[..cut]);
+        assert_eq!(r.take().unwrap(), Some(a));
+        assert_eq!(r.take().unwrap(), None, "the second frame is not whole yet");
+        assert_eq!(r.missing(), 10);
+        r.buf.extend_from_slice(&all[cut..]);
+        assert_eq!(r.take().unwrap(), Some(b));
+        assert_eq!(r.take().unwrap(), None);
+        r.buf.extend_from_slice(b"\x00\x00bad header!!");
+        assert!(matches!(r.take(), Err(FrameError::BadMagic { .. })));
     }
 
     #[test]

@@ -492,11 +492,12 @@ async fn serve_bi(
         FrameKind::ClientRequest => {
             crate::server::serve_request(inner, conn, send, recv, first.body).await
         }
+        FrameKind::ClientCall => crate::server::serve_calls(inner, conn, send, recv, first).await,
         found => cut(
             &conn,
             &TransportError::UnexpectedFrame {
                 found,
-                wanted: "snapshot header or client request",
+                wanted: "snapshot header, client request or client call",
             },
         ),
     }

@@ -2,7 +2,8 @@
 //! node's `ClientService` with the store id and request intact and returns its answer; a node
 //! without a service answers `Unavailable`; a dropped reply answers `Unavailable`; a frame
 //! larger than the node's cap, or one whose checksum fails, cuts the connection before the
-//! service sees anything.
+//! service sees anything; calls sharing a connection's call stream and answered in reverse
+//! order each get their own answer.
 #![cfg(feature = "server")]
 
 mod fixture;
@@ -210,5 +211,66 @@ fn corrupt_frame_cuts_the_connection() {
         0,
         "the damaged request never reached the service"
     );
+    n.shutdown();
+}
+
+/// Holds every Get until `hold` of them are waiting, then answers them newest first.
+struct Reverser {
+    hold: usize,
+    held: Mutex<Vec<(Bytes, ResponseSender)>>,
+}
+
+impl ClientService for Reverser {
+    fn call(&self, _store_id: u64, request: Request, reply: ResponseSender) {
+        let Request::Get { key, .. } = request else {
+            return reply(Response::AdminDone);
+        };
+        let mut held = self.held.lock().unwrap();
+        held.push((key, reply));
+        if held.len() == self.hold {
+            while let Some((key, reply)) = held.pop() {
+                reply(Response::Value(Some(key)));
+            }
+        }
+    }
+}
+
+#[test]
+fn concurrent_calls_answered_out_of_order_reach_their_callers() {
+    const CALLS: usize = 40;
+    let certs = pki("cluster", &["n1"], &["ctl"]);
+    let n = node(&tls(&certs, "n1"), TransportConfig::default());
+    n.set_client_service(Arc::new(Reverser {
+        hold: CALLS,
+        held: Mutex::new(Vec::new()),
+    }));
+    let addr = n.local_addr().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Arc::new(
+            ClientConnection::connect(addr, &tls(&certs, "ctl"))
+                .await
+                .unwrap(),
+        );
+        let tasks: Vec<_> = (0..CALLS)
+            .map(|i| {
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let key = Bytes::from(format!("key-{i}"));
+                    let req = Request::Get {
+                        region_id: 1,
+                        epoch: Epoch::default(),
+                        key: key.clone(),
+                    };
+                    (key, c.call(1, &req, CALL_TIMEOUT).await.unwrap())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (key, answer) = t.await.unwrap();
+            assert_eq!(answer, Response::Value(Some(key)));
+        }
+        assert!(!c.is_closed());
+    });
     n.shutdown();
 }

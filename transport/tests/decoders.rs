@@ -239,6 +239,29 @@ proptest! {
         let _ = Request::decode(&b);
         let _ = Response::decode(&b);
         let _ = decode_request_frame_body(&b);
+        let _ = decode_call_frame_body(&b);
+        let _ = decode_reply_frame_body(&b);
+    }
+
+    #[test]
+    fn calls_and_replies_round_trip(
+        call_id in any::<u64>(),
+        store_id in any::<u64>(),
+        req in request(),
+        resp in response(),
+    ) {
+        let call = encode_call_frame_body(call_id, store_id, &req);
+        prop_assert_eq!(decode_call_frame_body(&call).unwrap(), (call_id, store_id, req));
+        for cut in 0..call.len() {
+            prop_assert!(decode_call_frame_body(&call.slice(..cut)).is_err());
+        }
+        let mut reply = bytes::BytesMut::new();
+        encode_reply_frame_body(&mut reply, call_id, &resp);
+        let reply = reply.freeze();
+        prop_assert_eq!(decode_reply_frame_body(&reply).unwrap(), (call_id, resp));
+        for cut in 0..reply.len() {
+            prop_assert!(decode_reply_frame_body(&reply.slice(..cut)).is_err());
+        }
     }
 
     #[test]

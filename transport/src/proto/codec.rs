@@ -392,6 +392,39 @@ pub fn decode_request_frame_body(b: &Bytes) -> Result<(u64, Request), DecodeErro
     Ok((store_id, req))
 }
 
+/// The body of a `ClientCall` frame: the call id, then what [`encode_request_frame_body`]
+/// writes.
+pub fn encode_call_frame_body(call_id: u64, store_id: u64, req: &Request) -> Bytes {
+    let mut out = BytesMut::new();
+    put_u64(&mut out, call_id);
+    put_u64(&mut out, store_id);
+    req.encode_into(&mut out);
+    out.freeze()
+}
+
+/// Decodes [`encode_call_frame_body`]'s output into (call id, store id, request). Never panics.
+pub fn decode_call_frame_body(b: &Bytes) -> Result<(u64, u64, Request), DecodeError> {
+    let mut r = Reader::new(b);
+    let call_id = r.u64()?;
+    let store_id = r.u64()?;
+    let req = Request::read(&mut r)?;
+    r.finish()?;
+    Ok((call_id, store_id, req))
+}
+
+/// Appends the body of a `ClientReply` frame to `out`: the call id, then the encoded response.
+pub fn encode_reply_frame_body(out: &mut BytesMut, call_id: u64, resp: &Response) {
+    put_u64(out, call_id);
+    resp.encode_into(out);
+}
+
+/// Decodes a `ClientReply` frame body into (call id, response). Never panics.
+pub fn decode_reply_frame_body(b: &Bytes) -> Result<(u64, Response), DecodeError> {
+    let mut r = Reader::new(b);
+    let call_id = r.u64()?;
+    Ok((call_id, Response::decode(&b.slice(8..))?))
+}
+
 fn put_peer(out: &mut BytesMut, p: &PeerInfo) {
     put_u64(out, p.peer_id);
     put_u64(out, p.store_id);

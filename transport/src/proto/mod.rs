@@ -390,4 +390,7 @@ pub enum Response {
 
 mod codec;
 
-pub use codec::{decode_request_frame_body, encode_request_frame_body};
+pub use codec::{
+    decode_call_frame_body, decode_reply_frame_body, decode_request_frame_body,
+    encode_call_frame_body, encode_reply_frame_body, encode_request_frame_body,
+};
