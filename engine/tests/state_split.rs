@@ -627,6 +627,7 @@ fn the_apply_worker_splits_in_order_with_applies() {
         entries: vec![put_entry(2, 1, "a", "1"), put_entry(2, 2, "x", "1"), cc],
         conf_states: vec![(3, raftlog::ConfState::from_voters(vec![1, 2]))],
         metas: vec![(3, Bytes::from_static(b"conf-v2"))],
+        responders: Vec::new(),
     };
     worker.send(ApplyRequest::Apply(task)).unwrap();
     // Queued right behind the entries: the split sees them applied.

@@ -2,7 +2,9 @@
 //! changes, undecodable data, replays, gaps) apply in order with the `BTreeMap` model's results;
 //! reads are answered; checkpoints fire by applied bytes and on stop, in steps (an apply queued
 //! behind one waits for one step); a power cut at a random write leaves exactly the model at a
-//! durable applied index no older than the last checkpoint reported. Failures print `SEED=...`.
+//! durable applied index no older than the last checkpoint reported; responders are answered
+//! with their own entry's result, or with none (no command, or a refused task). Failures print
+//! `SEED=...`.
 
 mod state_harness;
 
@@ -15,7 +17,9 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use engine::state::worker::{ApplyConfig, ApplyEvent, ApplyRequest, ApplyTask, ApplyWorker};
+use engine::state::worker::{
+    ApplyConfig, ApplyEvent, ApplyRequest, ApplyResult, ApplyTask, ApplyWorker, Responder,
+};
 use engine::state::{CheckpointInfo, Command, StateStore};
 use raftlog::{ConfState, EntryType};
 use state_harness::*;
@@ -27,6 +31,23 @@ fn raft_entry(index: u64, e: &Entry) -> raftlog::Entry {
         Entry::Cmd(c) => raftlog::Entry::new(1, index, c.encode()),
         Entry::Empty => raftlog::Entry::new(1, index, Bytes::new()),
     }
+}
+
+type Answer = (
+    u64,
+    Option<((u64, u64), Result<Vec<engine::state::OpResult>, String>)>,
+);
+
+/// A responder that reports what it was answered on `answers`.
+fn responder(index: u64, answers: &crossbeam_channel::Sender<Answer>) -> Responder {
+    let answers = answers.clone();
+    Responder::new(
+        index,
+        Box::new(move |r: Option<&ApplyResult>| {
+            let r = r.map(|r| (r.client, r.results.clone().map_err(|e| e.to_string())));
+            answers.send((index, r)).unwrap();
+        }),
+    )
 }
 
 fn small_config() -> ApplyConfig {
@@ -219,6 +240,7 @@ fn conf_changes_gaps_garbage_and_reads() {
             value: Bytes::from_static(b"v"),
         }],
     };
+    let (answers, answered) = crossbeam_channel::unbounded();
     let cs = ConfState::from_voters(vec![1, 2, 3, 4]);
     let mut cc = raftlog::Entry::new(1, 2, Bytes::from_static(b"encoded conf change"));
     cc.entry_type = EntryType::EntryConfChangeV2;
@@ -231,15 +253,13 @@ fn conf_changes_gaps_garbage_and_reads() {
         ],
         conf_states: vec![(2, cs.clone())],
         metas: Vec::new(),
+        responders: vec![responder(1, &answers), responder(2, &answers)],
     };
     worker.send(ApplyRequest::Apply(task)).unwrap();
     // A gap: index 5 after applied 3.
-    worker
-        .send(ApplyRequest::Apply(ApplyTask::new(
-            1,
-            vec![raftlog::Entry::new(2, 5, Bytes::new())],
-        )))
-        .unwrap();
+    let mut gap = ApplyTask::new(1, vec![raftlog::Entry::new(2, 5, Bytes::new())]);
+    gap.responders.push(responder(5, &answers));
+    worker.send(ApplyRequest::Apply(gap)).unwrap();
     match worker
         .events()
         .recv_timeout(HANG_GUARD)
@@ -268,6 +288,23 @@ fn conf_changes_gaps_garbage_and_reads() {
             .expect("no answer: deadlock?"),
         ApplyEvent::Refused { region_id: 1, .. }
     ));
+    // The put's responder has its result; the conf change has none; the refused task's
+    // responder is answered with none when the task is dropped.
+    let got: Vec<_> = (0..3)
+        .map(|_| {
+            answered
+                .recv_timeout(HANG_GUARD)
+                .expect("a responder never answered")
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some(((3, 9), Ok(vec![engine::state::OpResult::Done])))),
+            (2, None),
+            (5, None),
+        ]
+    );
     let (tx, rx) = crossbeam_channel::bounded(1);
     worker
         .send(ApplyRequest::Get {

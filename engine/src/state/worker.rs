@@ -140,8 +140,55 @@ impl ApplyConfig {
     }
 }
 
+/// Answers the client that proposed the entry at `index` once the entry is applied, from the
+/// apply worker itself: the raft loop learns of applied indexes later, but the answer does not
+/// wait for that (one thread wake-up less between commit and reply).
+pub struct Responder {
+    /// The entry's index.
+    pub index: u64,
+    answer: Option<AnswerFn>,
+}
+
+/// What a [`Responder`] calls with its entry's result (`None`: no result).
+pub type AnswerFn = Box<dyn FnOnce(Option<&ApplyResult>) + Send>;
+
+impl Responder {
+    /// A responder for the entry at `index`: `answer` is called exactly once, with the entry's
+    /// result, or with `None` when it was applied without one or not applied at all (the
+    /// responder dropped unused).
+    pub fn new(index: u64, answer: AnswerFn) -> Responder {
+        Responder {
+            index,
+            answer: Some(answer),
+        }
+    }
+
+    /// Calls the answer with `result`.
+    pub fn answer(mut self, result: Option<&ApplyResult>) {
+        if let Some(a) = self.answer.take() {
+            a(result);
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(a) = self.answer.take() {
+            a(None);
+        }
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Committed entries of one region, in index order.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct ApplyTask {
     /// The region.
     pub region_id: u64,
@@ -155,6 +202,8 @@ pub struct ApplyTask {
     /// index (a checkpoint never holds the index without the metadata, which
     /// [`ApplyRequest::SetMeta`], a request of its own, cannot promise).
     pub metas: Vec<(u64, Bytes)>,
+    /// Who to answer once an entry is applied, in index order (entries proposed here).
+    pub responders: Vec<Responder>,
 }
 
 impl ApplyTask {
@@ -165,6 +214,7 @@ impl ApplyTask {
             entries,
             conf_states: Vec::new(),
             metas: Vec::new(),
+            responders: Vec::new(),
         }
     }
 }
@@ -797,7 +847,7 @@ impl ApplyLoop {
         Ok(())
     }
 
-    fn apply_task(&mut self, task: ApplyTask) -> Flow {
+    fn apply_task(&mut self, mut task: ApplyTask) -> Flow {
         let region_id = task.region_id;
         let Some((mut applied, mut applied_term)) = self.store.applied(region_id) else {
             return Err(EngineError::StateRegionUnknown { region_id });
@@ -815,7 +865,8 @@ impl ApplyLoop {
                 return Ok(());
             }
         }
-        let mut results = Vec::new();
+        let mut results: Vec<ApplyResult> = Vec::new();
+        let mut responders = std::mem::take(&mut task.responders).into_iter().peekable();
         for e in &task.entries {
             if e.index <= applied {
                 continue;
@@ -832,7 +883,12 @@ impl ApplyLoop {
                 });
                 break;
             }
-            if let Some(r) = self.apply_entry(region_id, e, &task.conf_states)? {
+            let result = self.apply_entry(region_id, e, &task.conf_states)?;
+            while let Some(r) = responders.next_if(|r| r.index <= e.index) {
+                let applied_here = result.as_ref().filter(|_| r.index == e.index);
+                r.answer(applied_here);
+            }
+            if let Some(r) = result {
                 results.push(r);
             }
             if let Some((_, meta)) = task.metas.iter().find(|(i, _)| *i == e.index) {

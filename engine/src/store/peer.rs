@@ -22,15 +22,14 @@ pub(crate) enum ProposalKind {
     Split,
 }
 
-/// A proposal waiting to be committed (in `proposals`) or applied (in `applying`).
+/// A proposal waiting to be committed (once committed, a write waits in the apply worker's
+/// task as a [`crate::state::worker::Responder`]).
 pub(crate) struct Proposal {
     pub index: u64,
     pub term: u64,
     pub kind: ProposalKind,
     pub reply: Reply,
     pub started: Instant,
-    /// Set at dispatch when the entry turns out a no-op (stale epoch).
-    pub outcome: Option<RequestError>,
 }
 
 /// A linearizable read waiting for its read index to be confirmed, then applied.
@@ -72,8 +71,6 @@ pub(crate) struct PeerState {
     pub awaiting_state: bool,
     /// Waiting for commit, in index order.
     pub proposals: VecDeque<Proposal>,
-    /// Committed and dispatched, waiting for the apply worker, in index order.
-    pub applying: VecDeque<Proposal>,
     /// Reads waiting for their read index.
     pub reads: Vec<PendingRead>,
     /// Reads whose index is known, waiting until it is dispatched to the apply worker.
@@ -133,7 +130,7 @@ impl PeerState {
     }
 
     pub fn pending_count(&self) -> usize {
-        self.proposals.len() + self.applying.len() + self.reads.len() + self.reads_ready.len()
+        self.proposals.len() + self.reads.len() + self.reads_ready.len()
     }
 
     /// Fails every request waiting on this peer (leadership lost, peer removed, store stopping).

@@ -13,7 +13,7 @@
 //! committed entries go to the apply worker in index order, and admin entries (membership
 //! changes, splits) take effect in the loop as they are handed over.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,7 +41,8 @@ use crate::state::command::CommandError;
 use crate::state::snapshot::SnapshotMeta;
 use crate::state::storage::RegionStorage;
 use crate::state::worker::{
-    ApplyEvent, ApplyRequest, ApplyTask, ReadOutput, ReadRequest, SnapshotEvent, SnapshotHandle,
+    ApplyEvent, ApplyRequest, ApplyResult, ApplyTask, ReadOutput, ReadRequest, Responder,
+    SnapshotEvent, SnapshotHandle,
 };
 use crate::state::RegionState;
 
@@ -68,12 +69,31 @@ fn is_quiet(raft: &raftlog::Raft<RegionStorage>, m: &RaftMessage) -> bool {
 
 /// Where the loop's log writes go.
 pub trait LogSink: Send {
-    /// Write `batch`; report `batch_no` durable with [`StoreLoop::handle_log_done`], in order.
-    fn append(&mut self, batch_no: u64, batch: LogBatch);
+    /// Write `batch`. Once it is durable, give `after` to the transport first (they are the
+    /// messages that may leave only then: a follower's append and vote responses), then
+    /// report `batch_no` durable with [`StoreLoop::handle_log_done`], in order. A failed batch
+    /// sends nothing.
+    ///
+    /// The sink sends `after` itself, from wherever it learns of durability (the log writer
+    /// thread), rather than leaving it to the loop: that saves a follower one thread wake-up
+    /// between its log write and its answer, which is on the critical path of every commit.
+    fn append(&mut self, batch_no: u64, batch: LogBatch, after: Outgoing);
     /// Drop `region_id`'s entries up to `index`.
     fn compact_to(&mut self, region_id: u64, index: u64);
     /// The Storage view of a region's log.
     fn region_log(&self, region_id: u64) -> RegionLog;
+}
+
+/// Raft messages for other stores, grouped by store id.
+pub type Outgoing = Vec<(u64, Vec<RaftMessage>)>;
+
+/// Messages of one region sorted for sending: plain ones by store (in store order, so the
+/// simulator replays a seed exactly), snapshots apart (they
+/// go through the snapshot path).
+struct Routed {
+    by_store: BTreeMap<u64, Vec<RaftMessage>>,
+    snapshots: Vec<(Peer, Message)>,
+    count: usize,
 }
 
 /// The records that start a region's log: a snapshot marker at the init index, its hard state,
@@ -351,7 +371,6 @@ impl StoreLoop {
             initialized,
             awaiting_state: awaiting,
             proposals: VecDeque::new(),
-            applying: VecDeque::new(),
             reads: Vec::new(),
             reads_ready: VecDeque::new(),
             dispatched_index: applied,
@@ -498,14 +517,13 @@ impl StoreLoop {
             ApplyEvent::Applied {
                 region_id,
                 applied_index,
-                applied_term: _,
-                results,
-            } => self.on_applied(region_id, applied_index, results),
-            ApplyEvent::Split {
+                ..
+            }
+            | ApplyEvent::Split {
                 region_id,
                 applied_index,
                 ..
-            } => self.on_applied(region_id, applied_index, Vec::new()),
+            } => self.on_applied(region_id, applied_index),
             ApplyEvent::CheckpointDone(info) => {
                 for (region_id, index) in info.regions {
                     if self.peers.contains_key(&region_id) {
@@ -656,8 +674,31 @@ impl StoreLoop {
         self.metrics
             .log_bytes_written_total
             .add(batch.encoded_len() as u64);
+        let after = self.take_batch_messages();
         self.push_inflight(no, true);
-        self.log.append(no, batch);
+        self.log.append(no, batch, after);
+    }
+
+    /// Takes the plain messages of the batch's Readies, by store, for the log sink to send
+    /// once the batch is durable; snapshot messages stay with the Readies.
+    fn take_batch_messages(&mut self) -> Outgoing {
+        let mut readies = std::mem::take(&mut self.batch_readies);
+        let mut by_store: BTreeMap<u64, Vec<RaftMessage>> = BTreeMap::new();
+        let mut count = 0;
+        for (region_id, _, _, msgs) in &mut readies {
+            if msgs.is_empty() {
+                continue;
+            }
+            let routed = self.route_raft(*region_id, std::mem::take(msgs));
+            count += routed.count;
+            for (store, mut batch) in routed.by_store {
+                by_store.entry(store).or_default().append(&mut batch);
+            }
+            msgs.extend(routed.snapshots.into_iter().map(|(_, m)| m));
+        }
+        self.batch_readies = readies;
+        self.metrics.raft_messages_sent_total.add(count as u64);
+        by_store.into_iter().collect()
     }
 
     fn push_inflight(&mut self, batch_no: u64, wrote: bool) {
@@ -817,11 +858,29 @@ impl StoreLoop {
         if msgs.is_empty() {
             return;
         }
-        let Some(peer) = self.peers.get(&region_id) else {
-            return;
+        let routed = self.route_raft(region_id, msgs);
+        self.metrics
+            .raft_messages_sent_total
+            .add(routed.count as u64);
+        for (store, batch) in routed.by_store {
+            self.transport.send(store, batch);
+        }
+        for (to, m) in routed.snapshots {
+            self.send_snapshot(region_id, to, m);
+        }
+    }
+
+    /// Wraps a region's messages in envelopes addressed to their stores; a message to a peer
+    /// the region does not know is dropped.
+    fn route_raft(&self, region_id: u64, msgs: Vec<Message>) -> Routed {
+        let mut routed = Routed {
+            by_store: BTreeMap::new(),
+            snapshots: Vec::new(),
+            count: 0,
         };
-        let mut by_store: HashMap<u64, Vec<RaftMessage>> = HashMap::new();
-        let mut snapshots = Vec::new();
+        let Some(peer) = self.peers.get(&region_id) else {
+            return routed;
+        };
         for m in msgs {
             let Some(to) = peer
                 .meta
@@ -837,20 +896,14 @@ impl StoreLoop {
                 continue;
             };
             if m.msg_type == MessageType::MsgSnapshot {
-                snapshots.push((to, m));
+                routed.snapshots.push((to, m));
                 continue;
             }
             let env = Self::raft_envelope(&peer.meta, peer.me, to, MessageKind::Raft, m);
-            by_store.entry(to.store_id).or_default().push(env);
+            routed.by_store.entry(to.store_id).or_default().push(env);
+            routed.count += 1;
         }
-        let count: usize = by_store.values().map(Vec::len).sum();
-        self.metrics.raft_messages_sent_total.add(count as u64);
-        for (store, batch) in by_store {
-            self.transport.send(store, batch);
-        }
-        for (to, m) in snapshots {
-            self.send_snapshot(region_id, to, m);
-        }
+        routed
     }
 
     fn send_snapshot(&mut self, region_id: u64, to: Peer, mut m: Message) {
@@ -1328,7 +1381,8 @@ impl StoreLoop {
                                 self.send_apply(ApplyRequest::Apply(t));
                             }
                             self.apply_split(region_id, index, term, req);
-                            self.match_proposal(region_id, index, term, kind_seen, false);
+                            // A split proposal is answered here; it never gives a responder.
+                            let _ = self.match_proposal(region_id, index, term, kind_seen, false);
                             continue;
                         }
                         stale = true;
@@ -1357,7 +1411,9 @@ impl StoreLoop {
             task.entries.push(e);
             let peer = self.peers.get_mut(&region_id).expect("present");
             peer.dispatched_index = index;
-            self.match_proposal(region_id, index, term, kind_seen, stale);
+            if let Some(r) = self.match_proposal(region_id, index, term, kind_seen, stale) {
+                task.responders.push(r);
+            }
         }
         let peer = self.peers.get_mut(&region_id).expect("present");
         let dispatched = peer.dispatched_index;
@@ -1371,7 +1427,8 @@ impl StoreLoop {
         }
     }
 
-    /// Matches the committed entry at `index` with the proposal waiting for it, if any.
+    /// Matches the committed entry at `index` with the proposal waiting for it, if any. A
+    /// matched write comes back as the responder the apply worker answers it with.
     fn match_proposal(
         &mut self,
         region_id: u64,
@@ -1379,13 +1436,13 @@ impl StoreLoop {
         term: u64,
         kind: Option<ProposalKind>,
         stale: bool,
-    ) {
+    ) -> Option<Responder> {
         let peer = self.peers.get_mut(&region_id).expect("present");
         while let Some(front) = peer.proposals.front() {
             if front.index > index {
                 break;
             }
-            let mut p = peer.proposals.pop_front().expect("front exists");
+            let p = peer.proposals.pop_front().expect("front exists");
             if p.index < index || p.term != term || Some(p.kind) != kind {
                 let reason = if p.kind == ProposalKind::ConfChange && kind.is_none() {
                     "another membership change was in progress"
@@ -1400,20 +1457,36 @@ impl StoreLoop {
             if stale {
                 let regions = self.current_regions(region_id);
                 (p.reply)(Err(RequestError::EpochNotMatch { regions }));
-                return;
+                return None;
             }
             match p.kind {
-                ProposalKind::Write => {
-                    p.outcome = None;
-                    let peer = self.peers.get_mut(&region_id).expect("present");
-                    peer.applying.push_back(p);
-                }
+                ProposalKind::Write => return Some(self.responder(p)),
                 ProposalKind::ConfChange | ProposalKind::Split => {
                     (p.reply)(Ok(ClientResponse::AdminDone));
                 }
             }
-            return;
+            return None;
         }
+        None
+    }
+
+    /// The apply worker's answer to a write proposal, once its entry is applied.
+    fn responder(&self, p: Proposal) -> Responder {
+        let metrics = Arc::clone(&self.metrics);
+        let (index, term) = (p.index, p.term);
+        Responder::new(
+            index,
+            Box::new(move |r: Option<&ApplyResult>| {
+                let outcome = match r {
+                    Some(r) if r.term == term => write_outcome(&r.results),
+                    _ => Err(RequestError::ProposalDropped {
+                        reason: "applied without a result".into(),
+                    }),
+                };
+                metrics.commit_latency.record(p.started.elapsed());
+                (p.reply)(outcome);
+            }),
+        )
     }
 
     fn current_regions(&self, region_id: u64) -> Vec<RegionMeta> {
@@ -1628,9 +1701,6 @@ impl StoreLoop {
             RequestError::RegionNotFound { region_id },
             RequestError::RegionNotFound { region_id },
         );
-        for p in peer.applying.drain(..) {
-            (p.reply)(Err(RequestError::RegionNotFound { region_id }));
-        }
         if peer.role == StateRole::Leader {
             self.metrics.leaders.add(-1);
         }
@@ -1650,12 +1720,9 @@ impl StoreLoop {
         self.metrics.regions.set(self.peers.len() as i64);
     }
 
-    fn on_applied(
-        &mut self,
-        region_id: u64,
-        applied_index: u64,
-        results: Vec<crate::state::worker::ApplyResult>,
-    ) {
+    /// The apply worker applied up to `applied_index` (and answered the writes proposed here
+    /// itself, see [`Responder`]).
+    fn on_applied(&mut self, region_id: u64, applied_index: u64) {
         let Some(peer) = self.peers.get_mut(&region_id) else {
             return;
         };
@@ -1663,38 +1730,6 @@ impl StoreLoop {
         self.metrics.applied_entries_total.add(n);
         peer.applied_index = peer.applied_index.max(applied_index);
         peer.node.advance_apply_to(peer.applied_index);
-        let mut results = results.into_iter().peekable();
-        while let Some(front) = peer.applying.front() {
-            if front.index > applied_index {
-                break;
-            }
-            let p = peer.applying.pop_front().expect("front exists");
-            while results.peek().is_some_and(|r| r.index < p.index) {
-                results.next();
-            }
-            let outcome = match results.peek() {
-                Some(r) if r.index == p.index && r.term == p.term => match &r.results {
-                    Ok(ops) => Ok(ClientResponse::Written(ops.clone())),
-                    Err(CommandError::Duplicate {
-                        client_id,
-                        sequence,
-                        last,
-                    }) => Err(RequestError::AlreadyApplied {
-                        client_id: *client_id,
-                        sequence: *sequence,
-                        last: *last,
-                    }),
-                    Err(e) => Err(RequestError::BadRequest {
-                        reason: e.to_string(),
-                    }),
-                },
-                _ => Err(p.outcome.clone().unwrap_or(RequestError::ProposalDropped {
-                    reason: "applied without a result".into(),
-                })),
-            };
-            self.metrics.commit_latency.record(p.started.elapsed());
-            (p.reply)(outcome);
-        }
         self.dirty.insert(region_id);
     }
 
@@ -1816,7 +1851,6 @@ impl StoreLoop {
                     kind,
                     reply,
                     started: Instant::now(),
-                    outcome: None,
                 });
                 self.dirty.insert(region_id);
             }
@@ -2128,7 +2162,6 @@ impl StoreLoop {
                     kind: ProposalKind::ConfChange,
                     reply,
                     started: Instant::now(),
-                    outcome: None,
                 });
                 self.dirty.insert(region_id);
             }
@@ -2404,9 +2437,6 @@ impl StoreLoop {
         };
         for p in self.peers.values_mut() {
             p.fail_pending(err.clone(), err.clone());
-            for q in p.applying.drain(..) {
-                (q.reply)(Err(err.clone()));
-            }
         }
         self.failed = Some(reason);
     }
@@ -2415,9 +2445,27 @@ impl StoreLoop {
     pub fn fail_all_pending(&mut self) {
         for p in self.peers.values_mut() {
             p.fail_pending(RequestError::Stopping, RequestError::Stopping);
-            for q in p.applying.drain(..) {
-                (q.reply)(Err(RequestError::Stopping));
-            }
         }
+    }
+}
+
+/// A write's answer from its entry's apply result.
+fn write_outcome(
+    results: &std::result::Result<Vec<crate::state::OpResult>, CommandError>,
+) -> std::result::Result<ClientResponse, RequestError> {
+    match results {
+        Ok(ops) => Ok(ClientResponse::Written(ops.clone())),
+        Err(CommandError::Duplicate {
+            client_id,
+            sequence,
+            last,
+        }) => Err(RequestError::AlreadyApplied {
+            client_id: *client_id,
+            sequence: *sequence,
+            last: *last,
+        }),
+        Err(e) => Err(RequestError::BadRequest {
+            reason: e.to_string(),
+        }),
     }
 }

@@ -18,7 +18,8 @@ use tracing::{info, info_span, warn};
 use super::api::{StoreEvent, StoreRouter, Transport};
 use super::config::StoreConfig;
 use super::raft_loop::{
-    init_region_records, init_region_state, LogSink, PeerOrigin, StoreLoop, REGION_INIT_INDEX,
+    init_region_records, init_region_state, LogSink, Outgoing, PeerOrigin, StoreLoop,
+    REGION_INIT_INDEX,
 };
 use super::region::RegionMeta;
 use crate::device::{open_store, OpenOptions};
@@ -81,16 +82,24 @@ pub struct Store {
 
 /// The log writer thread as the loop's [`LogSink`]: completions come back as
 /// [`StoreEvent::LogDone`] on an unbounded channel (never dropped; bounded in practice by the
-/// batches in flight).
+/// batches in flight), after the writer thread has handed the batch's messages to the
+/// transport.
 struct WriterSink {
     writer: LogWriterThread,
     done: Sender<StoreEvent>,
+    transport: Arc<dyn Transport>,
 }
 
 impl LogSink for WriterSink {
-    fn append(&mut self, batch_no: u64, batch: LogBatch) {
+    fn append(&mut self, batch_no: u64, batch: LogBatch, after: Outgoing) {
         let done = self.done.clone();
+        let transport = Arc::clone(&self.transport);
         let cb = Box::new(move |r: Result<()>| {
+            if r.is_ok() {
+                for (store, msgs) in after {
+                    transport.send(store, msgs);
+                }
+            }
             let _ = done.send(StoreEvent::LogDone {
                 batch_no,
                 result: r.map_err(|e| e.to_string()),
@@ -375,6 +384,7 @@ impl Store {
         let sink = WriterSink {
             writer,
             done: done_tx,
+            transport: Arc::clone(&transport),
         };
         let mut lp = StoreLoop::new(
             opts.store.clone(),

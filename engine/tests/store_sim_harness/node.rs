@@ -1,6 +1,6 @@
 //! One simulated store: its sim device, and while up, its loop, log sink and workers.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,8 +18,8 @@ use engine::state::worker::{
 };
 use engine::state::{StateConfig, StateStore};
 use engine::store::{
-    prepare, ClientRequest, ClientResponse, LogSink, RaftMessage, ReadMode, RegionInfo, RegionMeta,
-    SnapshotReceipt, StoreConfig, StoreEvent, StoreLoop, Transport,
+    prepare, ClientRequest, ClientResponse, LogSink, Outgoing, RaftMessage, ReadMode, RegionInfo,
+    RegionMeta, SnapshotReceipt, StoreConfig, StoreEvent, StoreLoop, Transport,
 };
 
 use crate::log_harness::SharedSim;
@@ -77,6 +77,9 @@ pub struct SimLogInner {
     pub tickets: VecDeque<(Ticket, u64)>,
     /// Batches refused at append.
     pub refused: Vec<(u64, String)>,
+    /// Messages to send when a batch is released durable, by batch number.
+    pub after: HashMap<u64, Outgoing>,
+    pub transport: Arc<SimTransport>,
 }
 
 /// The loop's [`LogSink`]: appends to a `LogStore` on the sim device; the simulator polls it
@@ -84,8 +87,9 @@ pub struct SimLogInner {
 pub struct SimLog(pub Arc<Mutex<SimLogInner>>);
 
 impl LogSink for SimLog {
-    fn append(&mut self, batch_no: u64, batch: LogBatch) {
+    fn append(&mut self, batch_no: u64, batch: LogBatch, after: Outgoing) {
         let mut g = self.0.lock().unwrap();
+        g.after.insert(batch_no, after);
         match g.log.append(batch) {
             Ok(t) => g.tickets.push_back((t, batch_no)),
             Err(e) => g.refused.push((batch_no, e.to_string())),
@@ -237,6 +241,8 @@ impl Node {
             log,
             tickets: VecDeque::new(),
             refused: Vec::new(),
+            after: HashMap::new(),
+            transport: Arc::clone(&transport),
         }));
         let mut lp = StoreLoop::new(
             cfg,
@@ -469,6 +475,16 @@ impl Running {
     pub fn release_log(&mut self, now_ms: u64) {
         while self.done.front().is_some_and(|(at, _, _)| *at <= now_ms) {
             let (_, batch_no, result) = self.done.pop_front().expect("front");
+            // As the log writer thread does: a durable batch's messages leave first.
+            let (after, transport) = {
+                let mut g = self.log.lock().unwrap();
+                (g.after.remove(&batch_no), Arc::clone(&g.transport))
+            };
+            if result.is_ok() {
+                for (store, msgs) in after.into_iter().flatten() {
+                    transport.send(store, msgs);
+                }
+            }
             self.lp
                 .handle_event(StoreEvent::LogDone { batch_no, result });
             self.touched = true;
