@@ -2,7 +2,8 @@
 //!
 //! Between stores it carries batched Raft messages on one long-lived stream per connection and
 //! snapshots on streams of their own, with back-pressure and resume by chunk; to clients it
-//! serves the client protocol, one bidirectional stream per request. Every byte travels in a
+//! serves the client protocol on one long-lived call stream per client connection (calls told
+//! apart by call id, see [`client`]), or on a stream per request. Every byte travels in a
 //! [`frame`]: versioned, length-capped and checksummed. Every node and client presents a
 //! certificate signed by the cluster CA ([`certs`], [`tls`]); anything else is refused during
 //! the handshake, before a frame is read.

@@ -20,7 +20,7 @@ use client::Client;
 
 use crate::signals::ShutdownSignal;
 use cluster::{ClusterSpec, LocalCluster, StoreDevice};
-use report::{rate, secs, Latencies, Steps};
+use report::{secs, Latencies, Steps};
 
 /// Nodes in the demo cluster.
 pub const NODES: usize = 3;
@@ -337,15 +337,11 @@ async fn write_keys(
         lat.record(op.elapsed());
         acked.insert(k, v);
     }
-    let took = t.elapsed();
-    steps.step(format!(
-        "put {} keys ({} B values), one at a time: {}, {}",
-        opts.keys,
-        opts.value_bytes,
-        secs(took),
-        rate(opts.keys, took)
-    ));
-    steps.detail(format!("put latency: {}", lat.summary()));
+    let what = format!(
+        "put {} keys ({} B values), one at a time",
+        opts.keys, opts.value_bytes
+    );
+    steps.timed(&what, opts.keys, t.elapsed(), "put", &lat);
     Ok(acked)
 }
 
@@ -368,14 +364,11 @@ async fn read_keys(
             bail!("{} read back wrong", String::from_utf8_lossy(k));
         }
     }
-    let took = t.elapsed();
-    steps.step(format!(
-        "got {} keys back (linearizable reads), one at a time, all match: {}, {}",
-        acked.len(),
-        secs(took),
-        rate(acked.len(), took)
-    ));
-    steps.detail(format!("get latency: {}", lat.summary()));
+    let what = format!(
+        "got {} keys back (linearizable reads), one at a time, all match",
+        acked.len()
+    );
+    steps.timed(&what, acked.len(), t.elapsed(), "get", &lat);
     Ok(())
 }
 
@@ -410,14 +403,11 @@ async fn overwrite_concurrently(
             .context("concurrent put")?;
         all.merge(&lat);
     }
-    let took = t.elapsed();
-    steps.step(format!(
-        "put the same {} keys again, {INFLIGHT} in flight: {}, {}",
-        pairs.len(),
-        secs(took),
-        rate(pairs.len(), took)
-    ));
-    steps.detail(format!("put latency: {}", all.summary()));
+    let what = format!(
+        "put the same {} keys again, {INFLIGHT} in flight",
+        pairs.len()
+    );
+    steps.timed(&what, pairs.len(), t.elapsed(), "put", &all);
     Ok(())
 }
 

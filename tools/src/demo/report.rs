@@ -29,6 +29,13 @@ impl Steps {
         println!("           {}", text.as_ref());
     }
 
+    /// Prints a timed step of `count` operations (`what: took, rate`) and their latency
+    /// summary as its detail (`op latency: ...`).
+    pub fn timed(&self, what: &str, count: usize, took: Duration, op: &str, lat: &Latencies) {
+        self.step(format!("{what}: {}, {}", secs(took), rate(count, took)));
+        self.detail(format!("{op} latency: {}", lat.summary()));
+    }
+
     /// Time since the demo began.
     pub fn elapsed(&self) -> Duration {
         self.began.elapsed()
