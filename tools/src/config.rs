@@ -10,8 +10,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+mod builder;
+
+pub use builder::NodeConfigBuilder;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -56,13 +60,19 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// [`NodeConfigBuilder`] could not write a value as TOML (an integer above `i64::MAX`).
+    #[error("cannot write the config as TOML: {message}")]
+    Render {
+        /// The TOML writer's message.
+        message: String,
+    },
 }
 
 impl ConfigError {
     /// The key the error is about.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Render { .. } => None,
             ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
         }
     }
@@ -160,7 +170,7 @@ impl ClusterConfig {
 }
 
 /// How linearizable reads are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadMode {
     /// ReadIndex: one heartbeat round per read batch; safe with any clock.
@@ -237,17 +247,18 @@ impl Default for LimitsConfig {
 
 mod raw {
     //! The file as written: strings for values we parse ourselves (so errors name the key).
-    use serde::Deserialize;
+    //! `Serialize` lets [`super::NodeConfigBuilder`] write the same keys; `None` is left out.
+    use serde::{Deserialize, Serialize};
 
     /// A size: a byte count or a string with a binary unit.
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, Serialize)]
     #[serde(untagged)]
     pub enum Size {
         Bytes(u64),
         Text(String),
     }
 
-    #[derive(Debug, Clone, Copy, Default, Deserialize)]
+    #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case")]
     pub enum Backend {
         #[default]
@@ -256,7 +267,7 @@ mod raw {
         Sync,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct File {
         pub node_id: u64,
@@ -265,23 +276,20 @@ mod raw {
         pub stores: Vec<Store>,
         pub tls: Tls,
         pub cluster: Cluster,
-        #[serde(default)]
-        pub raft: Raft,
-        #[serde(default)]
-        pub limits: Limits,
+        pub raft: Option<Raft>,
+        pub limits: Option<Limits>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Store {
         pub store_id: u64,
         pub device: String,
         pub create_size: Option<Size>,
-        #[serde(default)]
-        pub backend: Backend,
+        pub backend: Option<Backend>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Tls {
         pub ca_cert: String,
@@ -289,14 +297,14 @@ mod raw {
         pub node_key: String,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Cluster {
         pub initial_cluster: Vec<Member>,
         pub initial_regions: Option<i64>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Member {
         pub store_id: u64,
@@ -305,7 +313,7 @@ mod raw {
         pub bootstrap: Option<bool>,
     }
 
-    #[derive(Debug, Default, Deserialize)]
+    #[derive(Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Raft {
         pub tick_interval: Option<String>,
@@ -315,7 +323,7 @@ mod raw {
         pub hibernate: Option<bool>,
     }
 
-    #[derive(Debug, Default, Deserialize)]
+    #[derive(Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Limits {
         pub frame_bytes_max: Option<Size>,
@@ -374,8 +382,8 @@ impl Config {
             stores,
             tls,
             cluster,
-            raft: raft(file.raft)?,
-            limits: limits(file.limits)?,
+            raft: raft(file.raft.unwrap_or_default())?,
+            limits: limits(file.limits.unwrap_or_default())?,
         })
     }
 }
@@ -489,7 +497,7 @@ fn stores(raw: Vec<raw::Store>, base_dir: &Path) -> Result<Vec<StoreConfig>, Con
         if create_size_bytes == Some(0) {
             return Err(invalid(key("create-size"), 0, "must be positive"));
         }
-        let backend = match s.backend {
+        let backend = match s.backend.unwrap_or_default() {
             raw::Backend::Auto => engine::device::Backend::Auto,
             raw::Backend::Uring => engine::device::Backend::Uring,
             raw::Backend::Sync => engine::device::Backend::Sync,

@@ -88,8 +88,7 @@ pub trait LogSink: Send {
 pub type Outgoing = Vec<(u64, Vec<RaftMessage>)>;
 
 /// Messages of one region sorted for sending: plain ones by store (in store order, so the
-/// simulator replays a seed exactly), snapshots apart (they
-/// go through the snapshot path).
+/// simulator replays a seed exactly), snapshots apart (they go through the snapshot path).
 struct Routed {
     by_store: BTreeMap<u64, Vec<RaftMessage>>,
     snapshots: Vec<(Peer, Message)>,
