@@ -9,7 +9,7 @@
 # Binaries: target/release when present, else target/debug, else built first with
 # `cargo build --release --bin basalt --bin basalt-ctl`; BASALT_BIN_DIR overrides. Ports: BASALT_BASE_PORT (default
 # 20160) for QUIC, +1, +2; metrics on BASALT_BASE_PORT+20.. (20180, 20181, 20182 by default).
-# Environment: BASALT_STORE_SIZE (default 1GiB, sparse), BASALT_REGIONS (default 4).
+# Environment: BASALT_STORE_SIZE (default 1GiB, zero-filled when created), BASALT_REGIONS (default 4).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -149,6 +149,17 @@ pub enum EngineError {
         /// The region.
         region_id: u64,
     },
+    /// The device was formatted with too few segments left for the state store (a device
+    /// formatted for the log alone, or too small).
+    #[error("{device}: the state store has {segment_count} segments, a store needs at least {min_count}: format a larger device (or smaller segments)")]
+    StateTooSmall {
+        /// The device.
+        device: String,
+        /// Segments of the state partition.
+        segment_count: u32,
+        /// The fewest that work.
+        min_count: u32,
+    },
     /// Every state segment is in use: compaction must free some before more can be written.
     #[error("state store full: all {segment_count} state segments in use")]
     StateFull {

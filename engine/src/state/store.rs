@@ -85,6 +85,10 @@ impl Batch {
     }
 }
 
+/// Fewest state segments a store works with: the head being written, at least one kept free
+/// for a checkpoint, and one for compaction to copy into.
+pub const STATE_SEGMENT_COUNT_MIN: u32 = 3;
+
 /// The state store of one device. See the module docs of [`super`].
 pub struct StateStore {
     pub(crate) config: StateConfig,
@@ -102,7 +106,8 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens the state partition of the store described by `sb`: loads the newest valid
+    /// Opens the state partition of the store described by `sb` (refused with
+    /// [`EngineError::StateTooSmall`] below [`STATE_SEGMENT_COUNT_MIN`] segments): loads the newest valid
     /// checkpoint (or starts empty when there is none). `write_io` and `read_io` are two handles
     /// onto the device (the reader's is shared with [`StateStore::reader`]).
     pub fn open(
@@ -121,6 +126,13 @@ impl StateStore {
             return Err(EngineError::InvalidConfig {
                 key: "segment_size",
                 reason: "state segments must be smaller than 4 GiB".into(),
+            });
+        }
+        if sg.segment_count() < STATE_SEGMENT_COUNT_MIN {
+            return Err(EngineError::StateTooSmall {
+                device: config.device_label.clone(),
+                segment_count: sg.segment_count(),
+                min_count: STATE_SEGMENT_COUNT_MIN,
             });
         }
         let label = config.device_label.clone();

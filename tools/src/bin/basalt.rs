@@ -106,8 +106,10 @@ enum Command {
         /// Use this directory (empty or absent; left in place) instead of a temporary one.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Size of each node's sparse store file in MiB.
-        #[arg(long, default_value_t = 1024)]
+        /// Size of each node's store file in MiB (written with zeros when created, so that
+        /// later writes are overwrites as on a raw disk: about 0.4 s each for the default; a
+        /// store needs 5 segments of 64 MiB, about 330 MiB, at the least).
+        #[arg(long, default_value_t = 512)]
         store_size_mib: u64,
     },
 }
@@ -145,7 +147,7 @@ fn main() -> ExitCode {
         value_bytes: 256,
         keep: false,
         dir: None,
-        store_size_mib: 1024,
+        store_size_mib: 512,
     });
     match run(command) {
         Ok(code) => code,

@@ -59,7 +59,7 @@ impl Default for DemoOptions {
             value_bytes: 256,
             keep: false,
             dir: None,
-            device_bytes: 1 << 30,
+            device_bytes: 512 << 20,
         }
     }
 }
@@ -239,7 +239,7 @@ async fn story(
 ) -> anyhow::Result<()> {
     steps.step(format!(
         "wrote certificates (CA, {NODES} nodes, client `{}`) and {NODES} node configs; \
-         stores are {} MiB sparse files",
+         stores are {} MiB files, zero-filled at creation",
         cluster::CLIENT_CERT_NAME,
         opts.device_bytes >> 20
     ));
