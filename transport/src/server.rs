@@ -20,8 +20,9 @@ use crate::proto::{
 };
 use crate::TransportError;
 
-/// Calls of one call stream being served at once; the stream is not read further (and QUIC
-/// flow control holds the client back) until one is answered.
+/// Calls of one call stream being served or answered but not yet written back; the stream is
+/// not read further (and QUIC flow control holds the client back) until one reply is written,
+/// so a client that stops reading its replies cannot make the node buffer more.
 pub const CALLS_IN_FLIGHT_MAX: usize = 1024;
 /// Replies gathered into one stream write, at most (more wait for the next write).
 const REPLY_WRITE_BYTES_MAX: usize = 256 * 1024;
@@ -138,7 +139,7 @@ pub(crate) async fn serve_calls(
         let reply = PendingReply {
             call_id,
             tx: Some(tx.clone()),
-            _permit: permit,
+            permit: Some(permit),
         };
         match inner.service() {
             None => reply.send(unavailable("the node is not serving clients yet")),
@@ -153,14 +154,17 @@ pub(crate) async fn serve_calls(
 /// `Unavailable`, as the one-call stream does.
 struct PendingReply {
     call_id: u64,
-    tx: Option<mpsc::UnboundedSender<(u64, Response)>>,
-    _permit: OwnedSemaphorePermit,
+    tx: Option<mpsc::UnboundedSender<ReadyReply>>,
+    permit: Option<OwnedSemaphorePermit>,
 }
+
+/// A reply on its way to the stream, holding its call's permit until written.
+type ReadyReply = (u64, Response, Option<OwnedSemaphorePermit>);
 
 impl PendingReply {
     fn send(mut self, response: Response) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.call_id, response));
+            let _ = tx.send((self.call_id, response, self.permit.take()));
         }
     }
 }
@@ -168,7 +172,8 @@ impl PendingReply {
 impl Drop for PendingReply {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.call_id, unavailable("the request was dropped")));
+            let reply = unavailable("the request was dropped");
+            let _ = tx.send((self.call_id, reply, self.permit.take()));
         }
     }
 }
@@ -176,14 +181,16 @@ impl Drop for PendingReply {
 /// Writes the replies of a call stream: everything ready goes out in one write.
 async fn write_replies(
     mut send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<(u64, Response)>,
+    mut rx: mpsc::UnboundedReceiver<ReadyReply>,
     frame_bytes_max: u32,
 ) {
     let mut out = BytesMut::new();
     let mut body = BytesMut::new();
+    let mut permits = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut ready = Some(first);
-        while let Some((call_id, response)) = ready.take() {
+        while let Some((call_id, response, permit)) = ready.take() {
+            permits.push(permit);
             body.clear();
             encode_reply_frame_body(&mut body, call_id, &response);
             if body.len() > frame_bytes_max as usize {
@@ -201,6 +208,7 @@ async fn write_replies(
             return;
         }
         out.clear();
+        permits.clear(); // written: the reader may take that many more calls
     }
     let _ = send.finish();
 }
