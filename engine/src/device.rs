@@ -508,3 +508,44 @@ fn dio_offset_align(path: &Path) -> Option<u32> {
     let reported = rc == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0;
     (reported && stx.stx_dio_offset_align > 0).then_some(stx.stx_dio_offset_align)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn allocated_bytes(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn direct_files_are_zero_filled_and_extended_without_touching_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.img");
+        create_or_extend(&path, 1 << 20, true).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        assert!(allocated_bytes(&path) >= 1 << 20, "no holes are left");
+        assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0));
+        // Extending keeps the existing bytes and fills the new range.
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        create_or_extend(&path, 3 << 20, true).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 3 << 20);
+        assert!(data[..1 << 20].iter().all(|&b| b == 7));
+        assert!(data[1 << 20..].iter().all(|&b| b == 0));
+        assert!(allocated_bytes(&path) >= 3 << 20);
+        // Never shrinks.
+        create_or_extend(&path, 1 << 20, true).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
+    }
+
+    #[test]
+    fn files_without_direct_io_stay_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.img");
+        create_or_extend(&path, 8 << 20, false).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 << 20);
+        assert!(allocated_bytes(&path) < 8 << 20);
+    }
+}
