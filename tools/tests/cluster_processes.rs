@@ -16,12 +16,13 @@ mod process_harness;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use process_harness::LoopDevices;
+use tools::config::NodeConfigBuilder;
 
 const BASALT: &str = env!("CARGO_BIN_EXE_basalt");
 const BASALT_CTL: &str = env!("CARGO_BIN_EXE_basalt-ctl");
 const NODES: usize = 3;
 const INITIAL_REGIONS: usize = 4;
-const DEVICE_BYTES: u64 = 1 << 30;
+const DEVICE_BYTES: u64 = 512 << 20;
 /// How long a cluster may take to elect every leader (after start, restart or split).
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a node may take to stop after SIGTERM (final checkpoint included).
@@ -114,47 +115,19 @@ impl Cluster {
     }
 
     fn config_text(&self, i: usize) -> String {
-        let device = match self.loops.as_ref().and_then(|l| l.devices.get(i - 1)) {
-            Some(dev) => format!("device = \"{dev}\""),
-            None => format!("device = \"store{i}.img\"\ncreate-size = \"1GiB\""),
+        let listen = self.quic[i - 1];
+        let builder = match self.loops.as_ref().and_then(|l| l.devices.get(i - 1)) {
+            Some(dev) => NodeConfigBuilder::new(i as u64, listen, dev),
+            None => NodeConfigBuilder::new(i as u64, listen, format!("store{i}.img"))
+                .create_size_bytes(DEVICE_BYTES),
         };
-        let members: Vec<String> = (1..=NODES)
-            .map(|j| {
-                format!(
-                    "  {{ store-id = {j}, node-id = {j}, addr = \"{}\" }},",
-                    self.quic[j - 1]
-                )
-            })
-            .collect();
-        format!(
-            r#"node-id = {i}
-listen-addr = "{listen}"
-metrics-addr = "{metrics}"
-
-[[stores]]
-store-id = {i}
-{device}
-
-[tls]
-ca-cert = "certs/ca.pem"
-node-cert = "certs/node{i}.pem"
-node-key = "certs/node{i}.key"
-
-[cluster]
-initial-cluster = [
-{members}
-]
-initial-regions = {INITIAL_REGIONS}
-
-[raft]
-tick-interval = "50ms"
-election-ticks = 10
-heartbeat-ticks = 2
-"#,
-            listen = self.quic[i - 1],
-            metrics = self.metrics[i - 1],
-            members = members.join("\n"),
-        )
+        builder
+            .metrics_addr(Some(self.metrics[i - 1]))
+            .one_store_per_node(&self.quic, true)
+            .initial_regions(INITIAL_REGIONS as u32)
+            .raft_timing(Duration::from_millis(50), 10, 2)
+            .to_toml()
+            .expect("config text")
     }
 
     /// Starts every node; their output is appended to `node{i}.log`.

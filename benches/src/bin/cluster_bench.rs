@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use engine::metrics::HistogramSnapshot;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tools::config::Config;
+use tools::config::{Config, NodeConfigBuilder, ReadMode};
 use tools::node::{Node, NodeService};
 use transport::certs::{write_cert_dir, NodeCertSpec};
 use transport::proto::{Epoch, Request, Response, StoreStatus, WriteId};
@@ -116,45 +116,25 @@ fn make_certs(dir: &Path) {
     write_cert_dir(dir, "bench-ca", &specs, &["bench".to_string()]).expect("certs");
 }
 
-/// Node `i`'s config (1-based): default raft settings (100 ms tick, 10 election ticks).
+/// Node `i`'s config (1-based): default raft timing (100 ms tick, 10 election ticks).
 fn config_text(i: usize, ports: &[u16], read_mode: &str, net_threads: usize) -> String {
-    let members: Vec<String> = (1..=ports.len())
-        .map(|j| {
-            format!(
-                "  {{ store-id = {j}, addr = \"127.0.0.1:{}\" }},",
-                ports[j - 1]
-            )
-        })
+    let read_mode = match read_mode {
+        "lease" => ReadMode::Lease,
+        "read-index" => ReadMode::ReadIndex,
+        other => panic!("unknown read mode {other:?}"),
+    };
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    format!(
-        r#"node-id = {i}
-listen-addr = "127.0.0.1:{port}"
-metrics-addr = "127.0.0.1:0"
-
-[[stores]]
-store-id = {i}
-device = "node{i}.img"
-create-size = "1GiB"
-
-[tls]
-ca-cert = "certs/ca.pem"
-node-cert = "certs/node{i}.pem"
-node-key = "certs/node{i}.key"
-
-[raft]
-read-mode = "{read_mode}"
-
-[limits]
-net-threads = {net_threads}
-
-[cluster]
-initial-cluster = [
-{members}
-]
-"#,
-        port = ports[i - 1],
-        members = members.join("\n"),
-    )
+    NodeConfigBuilder::new(i as u64, addrs[i - 1], format!("node{i}.img"))
+        .metrics_addr(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .create_size_bytes(1 << 30)
+        .read_mode(read_mode)
+        .net_threads(net_threads)
+        .one_store_per_node(&addrs, false)
+        .to_toml()
+        .expect("config text")
 }
 
 /// One line per node of a stage breakdown (see `Cluster::stage_breakdown`).

@@ -17,6 +17,8 @@ use transport::certs::{write_cert_dir, NodeCertSpec};
 use transport::proto::{Request, Response, StoreStatus};
 use transport::{ClientConnection, ClientTlsConfig};
 
+use crate::config::{ConfigError, NodeConfigBuilder};
+
 /// How long a node may take to stop after SIGTERM (its final checkpoint included) before it
 /// is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,44 +154,31 @@ impl LocalCluster {
         };
         for i in 1..=n {
             let path = c.config_path(i);
-            std::fs::write(&path, c.config_text(spec, i))
+            std::fs::write(&path, c.config_text(spec, i)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(c)
     }
 
-    fn config_text(&self, spec: &ClusterSpec, i: usize) -> String {
-        let device = match &spec.devices[i - 1] {
+    fn config_text(&self, spec: &ClusterSpec, i: usize) -> Result<String, ConfigError> {
+        let builder = match &spec.devices[i - 1] {
             StoreDevice::File { create_size_bytes } => {
-                format!("device = \"store{i}.img\"\ncreate-size = {create_size_bytes}")
+                NodeConfigBuilder::new(i as u64, self.quic[i - 1], format!("store{i}.img"))
+                    .create_size_bytes(*create_size_bytes)
             }
-            StoreDevice::Formatted(path) => format!("device = {:?}", path.display().to_string()),
+            StoreDevice::Formatted(path) => {
+                NodeConfigBuilder::new(i as u64, self.quic[i - 1], path)
+            }
         };
-        let members: Vec<String> = (1..=self.quic.len())
-            .map(|j| {
-                let addr = self.quic[j - 1];
-                format!("  {{ store-id = {j}, node-id = {j}, addr = \"{addr}\" }},")
-            })
-            .collect();
-        let raft = match spec.raft {
-            Some((tick, election, heartbeat)) => format!(
-                "\n[raft]\ntick-interval = \"{}ms\"\nelection-ticks = {election}\n\
-                 heartbeat-ticks = {heartbeat}\n",
-                tick.as_millis()
-            ),
-            None => String::new(),
-        };
-        format!(
-            "node-id = {i}\nlisten-addr = \"{listen}\"\nmetrics-addr = \"{metrics}\"\n\n\
-             [[stores]]\nstore-id = {i}\n{device}\n\n\
-             [tls]\nca-cert = \"certs/ca.pem\"\nnode-cert = \"certs/node{i}.pem\"\n\
-             node-key = \"certs/node{i}.key\"\n\n\
-             [cluster]\ninitial-cluster = [\n{members}\n]\ninitial-regions = {regions}\n{raft}",
-            listen = self.quic[i - 1],
-            metrics = self.metrics[i - 1],
-            members = members.join("\n"),
-            regions = spec.initial_regions,
-        )
+        let builder = builder
+            .metrics_addr(Some(self.metrics[i - 1]))
+            .one_store_per_node(&self.quic, true)
+            .initial_regions(spec.initial_regions);
+        match spec.raft {
+            Some((tick, election, heartbeat)) => builder.raft_timing(tick, election, heartbeat),
+            None => builder,
+        }
+        .to_toml()
     }
 
     /// The cluster directory.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tools::config::Config;
+use tools::config::{ClusterMember, Config, NodeConfigBuilder};
 use tools::node::Node;
 use transport::certs::{write_cert_dir, NodeCertSpec};
 use transport::proto::{self, AdminOp, Request, Response, ResponseError, WriteId};
@@ -40,47 +40,19 @@ pub fn make_certs(dir: &Path, nodes: usize) {
 /// The config text of node `i` (1-based) of `n`, the first `bootstrap` of them forming the
 /// initial regions.
 pub fn config_text(i: usize, ports: &[u16], bootstrap: usize, tick_ms: u64) -> String {
-    let members: Vec<String> = (1..=ports.len())
-        .map(|j| {
-            format!(
-                "  {{ store-id = {j}, addr = \"127.0.0.1:{}\"{} }},",
-                ports[j - 1],
-                if j > bootstrap {
-                    ", bootstrap = false"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
-    format!(
-        r#"node-id = {i}
-listen-addr = "127.0.0.1:{port}"
-metrics-addr = "127.0.0.1:0"
-
-[[stores]]
-store-id = {i}
-device = "node{i}.img"
-create-size = "1GiB"
-
-[tls]
-ca-cert = "certs/ca.pem"
-node-cert = "certs/node{i}.pem"
-node-key = "certs/node{i}.key"
-
-[cluster]
-initial-cluster = [
-{members}
-]
-
-[raft]
-tick-interval = "{tick_ms}ms"
-election-ticks = 10
-heartbeat-ticks = 2
-"#,
-        port = ports[i - 1],
-        members = members.join("\n"),
-    )
+    let addr = |j: usize| SocketAddr::from(([127, 0, 0, 1], ports[j - 1]));
+    NodeConfigBuilder::new(i as u64, addr(i), format!("node{i}.img"))
+        .metrics_addr(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .create_size_bytes(512 << 20)
+        .members((1..=ports.len()).map(|j| ClusterMember {
+            store_id: j as u64,
+            node_id: None,
+            addr: addr(j),
+            bootstrap: j <= bootstrap,
+        }))
+        .raft_timing(Duration::from_millis(tick_ms), 10, 2)
+        .to_toml()
+        .expect("config text")
 }
 
 pub struct QuicCluster {
