@@ -16,7 +16,7 @@ use engine::device::{self, OpenOptions};
 use engine::error::EngineError;
 use engine::format::{format, FormatOptions};
 use engine::io::Io;
-use engine::layout::MIB;
+use engine::layout::{Geometry, MIB};
 use engine::log::{LogConfig, LogStore, LogWriterThread};
 
 use super::counting_io::{CounterSnapshot, CountingIo, IoCounters};
@@ -124,6 +124,12 @@ fn format_scratch(plan: &Plan, io: &mut dyn Io) -> Result<(), BenchError> {
     let block = u64::from(opts.block_size);
     let segment = (capacity / 8 / block * block).min(opts.segment_size_bytes);
     opts.segment_size_bytes = segment.max(16 * block);
+    // The log alone uses the device: every segment goes to it (the default split keeps three
+    // quarters for a state store, and a fast run then filled the log's two segments before
+    // compaction could free one).
+    opts.log_segment_count = Geometry::plan(capacity, opts.block_size, opts.segment_size_bytes)
+        .ok()
+        .map(|g| g.segment_count);
     format(io, &opts).map(|_| ()).map_err(log_err(plan.path()))
 }
 
