@@ -33,6 +33,12 @@ impl Cluster {
         Cluster::with_config(voters, config)
     }
 
+    /// Proposes `data` on node `id` (which must accept it).
+    fn propose(&mut self, id: u64, data: &[u8]) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.raw.propose(vec![], data.to_vec()).unwrap();
+    }
+
     fn with_config(voters: &[u64], config: impl Fn(u64) -> Config) -> Cluster {
         let mut nodes = BTreeMap::new();
         for &id in voters {
@@ -142,18 +148,8 @@ fn three_nodes_elect_commit_read_and_change_membership() {
     let leader = c.tick_until_leader();
     let follower = if leader == 1 { 2 } else { 1 };
 
-    c.nodes
-        .get_mut(&leader)
-        .unwrap()
-        .raw
-        .propose(vec![], b"a".to_vec())
-        .unwrap();
-    c.nodes
-        .get_mut(&follower)
-        .unwrap()
-        .raw
-        .propose(vec![], b"b".to_vec())
-        .unwrap();
+    c.propose(leader, b"a");
+    c.propose(follower, b"b");
     c.settle();
     for (id, n) in &c.nodes {
         assert_eq!(n.applied, vec![b"a".to_vec(), b"b".to_vec()], "node {id}");
@@ -200,12 +196,7 @@ fn three_nodes_elect_commit_read_and_change_membership() {
     c.settle();
     let cs = c.nodes[&leader].store.initial_state_conf();
     assert!(!cs.contains(&follower), "{cs:?}");
-    c.nodes
-        .get_mut(&leader)
-        .unwrap()
-        .raw
-        .propose(vec![], b"c".to_vec())
-        .unwrap();
+    c.propose(leader, b"c");
     c.settle();
     assert_eq!(c.nodes[&leader].applied.last().unwrap(), b"c");
 }
@@ -232,12 +223,7 @@ fn ping_spreads_the_commit_index_when_commits_are_not_broadcast() {
     });
     let leader = c.tick_until_leader();
     let follower = if leader == 1 { 2 } else { 1 };
-    c.nodes
-        .get_mut(&leader)
-        .unwrap()
-        .raw
-        .propose(vec![], b"a".to_vec())
-        .unwrap();
+    c.propose(leader, b"a");
     c.settle();
     let commit = c.nodes[&leader].raw.raft.raft_log.committed;
     assert_eq!(c.nodes[&leader].applied, vec![b"a".to_vec()]);
