@@ -15,7 +15,7 @@ use thiserror::Error;
 
 mod builder;
 
-pub use builder::NodeConfigBuilder;
+pub use builder::{colocated_net_threads, NodeConfigBuilder};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

@@ -124,6 +124,7 @@ impl Cluster {
         builder
             .metrics_addr(Some(self.metrics[i - 1]))
             .one_store_per_node(&self.quic, true)
+            .colocated(self.quic.len())
             .initial_regions(INITIAL_REGIONS as u32)
             .raft_timing(Duration::from_millis(50), 10, 2)
             .to_toml()

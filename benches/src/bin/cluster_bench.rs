@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use engine::metrics::HistogramSnapshot;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tools::config::{Config, NodeConfigBuilder, ReadMode};
+use tools::config::{colocated_net_threads, Config, NodeConfigBuilder, ReadMode};
 use tools::node::{Node, NodeService};
 use transport::certs::{write_cert_dir, NodeCertSpec};
 use transport::proto::{Epoch, Request, Response, StoreStatus, WriteId};
@@ -117,7 +117,7 @@ fn make_certs(dir: &Path) {
 }
 
 /// Node `i`'s config (1-based): default raft timing (100 ms tick, 10 election ticks).
-fn config_text(i: usize, ports: &[u16], read_mode: &str, net_threads: usize) -> String {
+fn config_text(i: usize, ports: &[u16], read_mode: &str, net_threads: Option<usize>) -> String {
     let read_mode = match read_mode {
         "lease" => ReadMode::Lease,
         "read-index" => ReadMode::ReadIndex,
@@ -127,14 +127,18 @@ fn config_text(i: usize, ports: &[u16], read_mode: &str, net_threads: usize) -> 
         .iter()
         .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    NodeConfigBuilder::new(i as u64, addrs[i - 1], format!("node{i}.img"))
+    let builder = NodeConfigBuilder::new(i as u64, addrs[i - 1], format!("node{i}.img"))
         .metrics_addr(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
         .create_size_bytes(1 << 30)
         .read_mode(read_mode)
-        .net_threads(net_threads)
-        .one_store_per_node(&addrs, false)
-        .to_toml()
-        .expect("config text")
+        .colocated(NODES);
+    match net_threads {
+        Some(n) => builder.net_threads(n),
+        None => builder,
+    }
+    .one_store_per_node(&addrs, false)
+    .to_toml()
+    .expect("config text")
 }
 
 /// One line per node of a stage breakdown (see `Cluster::stage_breakdown`).
@@ -262,7 +266,7 @@ struct Target {
 }
 
 impl Cluster {
-    fn start(dir: Option<&Path>, read_mode: &str, net_threads: usize) -> Cluster {
+    fn start(dir: Option<&Path>, read_mode: &str, net_threads: Option<usize>) -> Cluster {
         let dir = WorkDir::new(dir);
         make_certs(&dir.path.join("certs"));
         let ports = free_ports(NODES);
@@ -584,9 +588,10 @@ struct LatencyOptions {
     /// reads, the default) or `lease` (the leader's lease; relies on bounded clock drift).
     #[arg(long, default_value = "read-index", value_parser = ["read-index", "lease"])]
     read_mode: String,
-    /// Threads of each node's network runtime (`limits.net-threads`).
-    #[arg(long, default_value_t = 2)]
-    net_threads: usize,
+    /// Threads of each node's network runtime (`limits.net-threads`; default: the cores split
+    /// between the three nodes, see `NodeConfigBuilder::colocated`).
+    #[arg(long)]
+    net_threads: Option<usize>,
 }
 
 fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
@@ -666,7 +671,7 @@ fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
         "nodes": NODES,
         "value_bytes": value_bytes,
         "read_mode": read_mode,
-        "net_threads": net_threads,
+        "net_threads": net_threads.unwrap_or_else(|| colocated_net_threads(NODES)),
         "startup_to_leader_ms": ms(startup),
         "warmup_puts": warm,
         "stages_1_in_flight": stages,
@@ -743,7 +748,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_failover(dir: Option<&Path>, rounds: usize) -> Value {
-    let mut c = Cluster::start(dir, "read-index", 2);
+    let mut c = Cluster::start(dir, "read-index", None);
     let election_timeout = c.cfgs[0].raft.tick_interval * c.cfgs[0].raft.election_ticks;
     let (t, _) = c.leader(Duration::from_secs(30)).expect("a leader");
     let value = Bytes::from(vec![b'v'; 256]);
@@ -914,7 +919,7 @@ fn run_idle(
     let ports = free_ports(NODES);
     let cfgs: Vec<Config> = (1..=NODES)
         .map(|i| {
-            Config::from_toml_str(&config_text(i, &ports, "read-index", 2), &wd.path)
+            Config::from_toml_str(&config_text(i, &ports, "read-index", None), &wd.path)
                 .expect("config")
         })
         .collect();

@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use super::{raw, ClusterMember, ConfigError, ReadMode, TlsConfig, GIB, KIB, MIB, TIB};
 
+/// The network threads [`NodeConfigBuilder::colocated`] gives each of `nodes` nodes sharing this
+/// machine: its cores split between them, at least one.
+pub fn colocated_net_threads(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
 /// The config file of one node with one store; [`NodeConfigBuilder::to_toml`] renders it.
 ///
 /// ```
@@ -121,6 +128,20 @@ impl NodeConfigBuilder {
     pub fn net_threads(mut self, threads: usize) -> Self {
         self.net_threads = Some(threads);
         self
+    }
+
+    /// `limits.net-threads` for a node sharing this machine with `nodes - 1` others (the demo,
+    /// benchmarks, test clusters): the machine's cores split between the nodes, at least one.
+    ///
+    /// The default of 2 is for a node with a machine of its own. Three nodes with two network
+    /// threads each on two cores hand packets between more threads than there are cores, and
+    /// every hand-off is a context switch (about a third of the CPU in a profile of
+    /// `cluster_bench latency` at 64 puts in flight). One thread per node, side by side with
+    /// two (`cluster_bench latency --net-threads 1|2`, five alternating pairs on a loaded
+    /// 2-core machine): linearizable reads 27.3k-40.2k/s against 25.6k-30.0k/s, puts with 64
+    /// in flight 18.3k-27.9k/s against 14.6k-25.4k/s.
+    pub fn colocated(self, nodes: usize) -> Self {
+        self.net_threads(colocated_net_threads(nodes))
     }
 
     /// The TOML text. Refuses a path that is not UTF-8 (TOML strings are) and an integer TOML

@@ -173,6 +173,7 @@ impl LocalCluster {
         let builder = builder
             .metrics_addr(Some(self.metrics[i - 1]))
             .one_store_per_node(&self.quic, true)
+            .colocated(self.quic.len())
             .initial_regions(spec.initial_regions);
         match spec.raft {
             Some((tick, election, heartbeat)) => builder.raft_timing(tick, election, heartbeat),

@@ -51,6 +51,7 @@ pub fn config_text(i: usize, ports: &[u16], bootstrap: usize, tick_ms: u64) -> S
             bootstrap: j <= bootstrap,
         }))
         .raft_timing(Duration::from_millis(tick_ms), 10, 2)
+        .colocated(ports.len())
         .to_toml()
         .expect("config text")
 }
