@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use transport::proto::{Epoch, PeerInfo, RegionInfo};
@@ -90,7 +91,14 @@ pub(crate) struct RegionCache {
     by_start: BTreeMap<Bytes, CachedRegion>,
     starts: HashMap<u64, Bytes>,
     stores: HashMap<u64, SocketAddr>,
+    /// Stores whose node left a request unanswered past its deadline, and since when: not
+    /// routed to until their node answers a status again (see [`RegionCache::suspect`]).
+    silent: HashMap<u64, Instant>,
 }
+
+/// How long a silent store stays out of routing if nothing is heard of it: a safety net, as
+/// a refresh asks every node and one that answers is trusted again at once.
+const SILENT_FOR_MAX: Duration = Duration::from_secs(10);
 
 impl RegionCache {
     /// The cached region holding `key`.
@@ -114,6 +122,7 @@ impl RegionCache {
         };
         let leader = r
             .leader_store
+            .filter(|s| !self.is_silent(*s))
             .and_then(|s| self.stores.get(&s).map(|a| (s, *a)));
         match leader {
             Some((store_id, addr)) => Lookup::Route(Route {
@@ -188,6 +197,26 @@ impl RegionCache {
         self.stores.insert(store_id, addr);
     }
 
+    /// Takes `store_id` out of routing: its node left a request unanswered until the call's
+    /// deadline. A killed node closes no connection, and the other nodes go on naming it the
+    /// leader until they elect another (an election timeout or more), so without this every
+    /// call meanwhile would wait out its deadline on it. Regions it leads look leaderless,
+    /// and calls poll the nodes for the new leader instead.
+    pub fn suspect(&mut self, store_id: u64) {
+        self.silent.entry(store_id).or_insert_with(Instant::now);
+    }
+
+    /// The node serving `store_id` answered: route to it again.
+    pub fn heard_from(&mut self, store_id: u64) {
+        self.silent.remove(&store_id);
+    }
+
+    fn is_silent(&self, store_id: u64) -> bool {
+        self.silent
+            .get(&store_id)
+            .is_some_and(|since| since.elapsed() < SILENT_FOR_MAX)
+    }
+
     /// Every node address known.
     pub fn node_addrs(&self) -> Vec<SocketAddr> {
         let mut v: Vec<SocketAddr> = self.stores.values().copied().collect();
@@ -259,6 +288,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.lookup(b"x"), Lookup::NoLeader { region_id: 3 });
+    }
+
+    #[test]
+    fn a_silent_store_is_not_routed_to_until_its_node_answers() {
+        let mut c = cache_with_stores();
+        c.insert(&region(1, "", "m", 2, Some(1)));
+        c.insert(&region(2, "m", "", 2, Some(2)));
+        c.suspect(1);
+        assert_eq!(c.lookup(b"a"), Lookup::NoLeader { region_id: 1 });
+        assert!(matches!(c.lookup(b"n"), Lookup::Route(r) if r.store_id == 2));
+        // The other nodes still name it leader (no election yet): still not routed to.
+        c.insert(&region(1, "", "m", 2, Some(1)));
+        assert_eq!(c.lookup(b"a"), Lookup::NoLeader { region_id: 1 });
+        // A new leader elected elsewhere is routed to at once.
+        c.set_leader(1, Some(3));
+        assert!(matches!(c.lookup(b"a"), Lookup::Route(r) if r.store_id == 3));
+        // The silent node answered again: it may lead again.
+        c.set_leader(1, Some(1));
+        assert_eq!(c.lookup(b"a"), Lookup::NoLeader { region_id: 1 });
+        c.heard_from(1);
+        assert!(matches!(c.lookup(b"a"), Lookup::Route(r) if r.store_id == 1));
     }
 
     #[test]

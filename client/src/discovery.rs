@@ -2,13 +2,16 @@
 //! the addresses learned since) is asked for its `Status`, concurrently. A node's status lists
 //! its peers, so it tells which stores the node serves (the store of each local peer), every
 //! region it holds with its epoch and peers, and who it believes leads each. When several nodes
-//! disagree on a leader, the view of the highest term wins, a leader's own word first.
+//! disagree on a leader, the view of the highest term wins, a leader's own word first. Once one
+//! node answered, the others get a bounded grace (see [`STRAGGLER_GRACE_MIN`]): a killed node
+//! answers nothing and closes nothing, and must not hold a failover's every refresh for a
+//! whole attempt timeout.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -20,6 +23,14 @@ use crate::ClientError;
 
 /// The rank of a leader report: its term, then whether the leader itself reported.
 type Rank = (u64, bool);
+
+/// How long a refresh waits for the other nodes once one answered: at least this long, ...
+const STRAGGLER_GRACE_MIN: Duration = Duration::from_millis(100);
+/// ... or this many times as long as the first answer took. A healthy node answers a status
+/// within a millisecond or two; a node that stays silent this long is likely dead (a killed
+/// node closes no connection), and waiting for it to the attempt's timeout would hold every
+/// call during a failover for that long without learning anything.
+const STRAGGLER_GRACE_FACTOR: u32 = 4;
 
 impl Router {
     /// Refreshes the cache unless another caller's refresh finished while this one waited.
@@ -59,13 +70,33 @@ impl Router {
         let mut answered = false;
         let mut failures: Vec<String> = Vec::new();
         let mut refused: Option<ClientError> = None;
-        while let Some(joined) = tasks.join_next().await {
+        let started = Instant::now();
+        // Once a node answered, the others get a bounded grace rather than the whole timeout.
+        let mut grace_end: Option<Instant> = None;
+        loop {
+            let next = match grace_end {
+                None => tasks.join_next().await,
+                Some(end) => match tokio::time::timeout_at(end.into(), tasks.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        failures.push(format!("{} nodes silent", tasks.len()));
+                        break;
+                    }
+                },
+            };
+            let Some(joined) = next else {
+                break;
+            };
             let Ok((addr, result)) = joined else {
                 continue;
             };
             match result {
                 Ok(status) => {
                     answered = true;
+                    grace_end.get_or_insert_with(|| {
+                        Instant::now()
+                            + (started.elapsed() * STRAGGLER_GRACE_FACTOR).max(STRAGGLER_GRACE_MIN)
+                    });
                     let led = self.merge_status(addr, &status, &mut ranks);
                     if key.is_some_and(|k| led.iter().any(|r| self.region_holds(*r, k))) {
                         break;
@@ -132,6 +163,7 @@ impl Router {
         self.with_cache(|c| {
             if status.store_id != 0 {
                 c.set_store_addr(status.store_id, addr);
+                c.heard_from(status.store_id);
             }
             for r in &status.regions {
                 let me = r
@@ -142,6 +174,7 @@ impl Router {
                     .copied();
                 if let Some(p) = me {
                     c.set_store_addr(p.store_id, addr);
+                    c.heard_from(p.store_id);
                 }
                 let mut info = r.info.clone();
                 if r.is_leader {

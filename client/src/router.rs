@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 use transport::proto::{Request, Response, ResponseError};
+use transport::TransportError;
 
 use crate::backoff::Backoff;
 use crate::cache::{Lookup, RegionCache, Route};
@@ -148,6 +149,8 @@ impl Router {
         let mut counted = 0u32;
         let mut sent = false;
         let mut last = Retry::later("no attempt made");
+        // The route of the attempt under way, once its request is sent.
+        let mut asked: Option<Route> = None;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(ClientError::Closed);
@@ -158,8 +161,17 @@ impl Router {
             attempts += 1;
             let now = Instant::now();
             let attempt_timeout = self.config.attempt_timeout.min(deadline - now);
-            let attempt = self.attempt(key, attempt_timeout, &mut request, &mut answer, &mut sent);
+            let attempt = self.attempt(
+                key,
+                attempt_timeout,
+                &mut request,
+                &mut answer,
+                (&mut sent, &mut asked),
+            );
             let Ok(step) = tokio::time::timeout_at(deadline, attempt).await else {
+                if let Some(route) = asked {
+                    self.suspect_leader(&route);
+                }
                 return Err(ClientError::Timeout {
                     elapsed: started.elapsed(),
                     attempts,
@@ -201,8 +213,9 @@ impl Router {
         timeout: Duration,
         request: &mut impl FnMut(&Route) -> Request,
         answer: &mut impl FnMut(&Route, Response, Sent) -> Result<T, ClientError>,
-        sent: &mut bool,
+        (sent, asked): (&mut bool, &mut Option<Route>),
     ) -> Step<T> {
+        *asked = None;
         let route = match self.route(key, timeout).await {
             Ok(r) => r,
             Err(step) => return step,
@@ -217,6 +230,7 @@ impl Router {
         let req = request(&route);
         let before = Sent { before: *sent };
         *sent = true;
+        *asked = Some(route.clone());
         match conn.call(route.store_id, &req, timeout).await {
             Ok(Response::Error(e)) if e.is_retryable() => Step::Again(self.on_error(&route, e)),
             Ok(resp) => match answer(&route, resp, before) {
@@ -226,6 +240,9 @@ impl Router {
             Err(e) => {
                 if connection_lost(&e) {
                     self.conns.discard(route.addr, &conn);
+                }
+                if matches!(e, TransportError::Timeout(_)) {
+                    self.suspect_leader(&route);
                 }
                 self.with_cache(|c| c.set_leader(route.region_id, None));
                 classify_transport(route.addr, &e).into()
@@ -248,6 +265,13 @@ impl Router {
                 Retry::later("no known region holds the key").waiting(),
             )),
         }
+    }
+
+    /// Takes `route`'s leader out of routing after its node left a request unanswered until
+    /// the attempt's timeout or the call's deadline (see [`RegionCache::suspect`]): the next
+    /// calls poll the nodes for a leader rather than wait out their deadlines on a dead node.
+    fn suspect_leader(&self, route: &Route) {
+        self.with_cache(|c| c.suspect(route.store_id));
     }
 
     /// Updates the cache after a retryable server error and says how to retry.
