@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # fio and basalt-bench side by side, same pattern, same file (or loop device), in one run; prints
 # the measured figures and their ratios against the targets of issue 3. Never fails on a missed
-# target: it reports. Installs fio (and jq) from Debian's packages when missing.
+# target: it reports. Installs fio (and jq) from Debian's packages when missing. Row (d) measures
+# TiKV's raft-engine (benches/raft-engine-ref, built here from crates.io) in the same run, on the
+# same file system, alternating with basalt-bench; when it cannot be built, it falls back to the
+# fixed figures quoted in issue 3 and says so.
 #
 #   bash benches/fio_compare.sh [--loop]      # --loop: use a loop device (root only) on the file
 #
 # Environment: BENCH_RUNTIME_S (seconds per run, default 5), BENCH_REPEAT (runs of each case,
 # fio and basalt-bench alternating; the best of each is kept, as interference from other work on
 # the machine only ever slows a run down; default 1), BENCH_SIZE (file size, default 2g),
-# BENCH_DIR (scratch directory; not tmpfs, O_DIRECT; default <repo>/target/fio-compare).
+# BENCH_DIR (scratch directory; not tmpfs, O_DIRECT; default <repo>/target/fio-compare),
+# BENCH_ROWS (which rows to run, letters of a-e, default abcde; (c) needs (b)),
+# BENCH_REF (1: build and run the raft-engine reference for (d); 0: use issue 3's fixed figures),
+# BENCH_REF_FILES (recycled: raft-engine appends over a recycled, prefilled log file, its steady
+# state, as basalt-bench writes a file written in full beforehand; fresh: a new log file, default
+# recycled), BENCH_REF_TARGET_DIR (its cargo target dir, default <BENCH_DIR>/raft-engine-ref-target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -16,6 +24,10 @@ runtime_s=${BENCH_RUNTIME_S:-5}
 repeat=${BENCH_REPEAT:-1}
 size=${BENCH_SIZE:-2g}
 dir=${BENCH_DIR:-$repo/target/fio-compare}
+rows=${BENCH_ROWS:-abcde}
+use_ref=${BENCH_REF:-1}
+ref_files=${BENCH_REF_FILES:-recycled}
+ref_target=${BENCH_REF_TARGET_DIR:-$dir/raft-engine-ref-target}
 use_loop=0
 for arg in "$@"; do
   case $arg in
@@ -57,6 +69,20 @@ if [ "$use_loop" = 1 ]; then
   trap 'losetup -d "$target"' EXIT
 fi
 
+# The reference: its own Cargo project (not a workspace member), built once into its own target
+# dir; a build failure (no network, no toolchain for it) is no error: (d) then uses issue 3's
+# fixed figures.
+ref_bin=""
+if [ "$use_ref" = 1 ] && [[ $rows == *d* ]]; then
+  echo "fio_compare: building the raft-engine reference (benches/raft-engine-ref)" >&2
+  if cargo build --release -q --manifest-path "$repo/benches/raft-engine-ref/Cargo.toml" \
+      --target-dir "$ref_target" 2>>"$errlog"; then
+    ref_bin="$ref_target/release/raft-engine-ref"
+  else
+    echo "fio_compare: the raft-engine reference did not build (see $errlog); (d) uses issue 3's figures" >&2
+  fi
+fi
+
 # ---- runners ----------------------------------------------------------------------------------
 # fio_run RW BS IODEPTH ENGINE FDATASYNC -> write (or read) IOPS
 fio_run() {
@@ -81,19 +107,38 @@ bb_log() {
     --time_based --force --output-format=json "${@:5}" 2>>"$errlog" | jq -c '.jobs[0].basalt'
 }
 
+# ref_log REGIONS ENTRY_SIZE ENTRIES_PER_WRITE NUMJOBS -> raft-engine's JSON line, in a fresh
+# directory beside the scratch file (same file system); the tool removes it afterwards.
+ref_log() {
+  local files=()
+  [ "$ref_files" = fresh ] && files=(--fresh-files)
+  rm -rf "$dir/raft-engine"
+  "$ref_bin" --dir="$dir/raft-engine" --regions="$1" --entry-size="$2" --entries-per-write="$3" \
+    --numjobs="$4" --runtime="$runtime_s" "${files[@]}" 2>>"$errlog"
+}
+
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b + 0 > a + 0) ? b : a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { if (r == "n/a") print "?"; else if (r + 0 >= t + 0) print "ok"; else print "MISS" }'; }
+verdict_max() { awk -v r="$1" -v t="$2" 'BEGIN { if (r == "n/a") print "?"; else if (r + 0 <= t + 0) print "ok"; else print "MISS" }'; }
+p99_of() { jq -r 'if .latency_us_p99 then .latency_us_p99 | round | tostring else "n/a" end' <<<"$1"; }
 row() { printf '%-52s %14s %14s %7s %7s %5s\n' "$@"; }
 
 echo "fio_compare: $(uname -sr), $(nproc) CPUs, target $target ($size), ${runtime_s}s per run, best of $repeat"
 echo "fio: $(fio --version)"
+if [[ $rows == *d* ]]; then
+  if [ -n "$ref_bin" ]; then
+    echo "reference (d): raft-engine 0.4.2, default config, sync on every write, $ref_files log files, in $dir"
+  else
+    echo "reference (d): issue 3's fixed raft-engine figures (marked *): the reference was not built"
+  fi
+fi
 echo
 row "case" "basalt" "reference" "ratio" "target" ""
 row "----" "------" "---------" "-----" "------" ""
 
 # ---- (a) device target vs fio -----------------------------------------------------------------
-for spec in "randwrite 4k 32 0" "write 4k 1 1"; do
+[[ $rows == *a* ]] && for spec in "randwrite 4k 32 0" "write 4k 1 1"; do
   read -r rw bs depth fsync <<<"$spec"
   f=0 b=0
   for ((i = 0; i < repeat; i++)); do
@@ -109,7 +154,7 @@ done
 # rounded up to whole 4 KiB blocks, as measured by the first log run), best of $repeat each.
 write_size() { jq '.device_write_bytes_mean // 0' <<<"$1" | awk '{ n = int(($1 + 4095) / 4096); if (n < 1) n = 1; print n * 4096 }'; }
 declare -A entries_s=()
-for regions in 1 100; do
+[[ $rows == *b* ]] && for regions in 1 100; do
   for entry in 256 4096; do
     for mode in "1 1" "64 1" "1 8"; do
       read -r epw jobs <<<"$mode"
@@ -136,7 +181,7 @@ for regions in 1 100; do
 done
 
 # ---- (c) group commit vs one entry per flush (100 regions) -------------------------------------
-for entry in 256 4096; do
+[[ $rows == *b* && $rows == *c* ]] && for entry in 256 4096; do
   single=${entries_s["100/$entry/1/1"]}
   for mode in "64 1" "1 8"; do
     read -r epw jobs <<<"$mode"
@@ -150,18 +195,51 @@ for entry in 256 4096; do
   done
 done
 
-# ---- (d) against raft-engine's figures on this machine (issue 3) --------------------------------
-one=${entries_s["1/256/1/1"]}
-r=$(ratio "$one" 9000)
-row "(d) r=1 e=256B one entry per flush vs raft-engine" "$(printf %.0f "$one")" 9000 "$r" 1 "$(verdict "$r" 1)"
-eight=${entries_s["100/256/1/8"]}
-r=$(ratio "$eight" 29000)
-row "(d) r=100 e=256B numjobs=8 vs raft-engine" "$(printf %.0f "$eight")" 29000 "$r" 2 "$(verdict "$r" 2)"
+# ---- (d) against TiKV's raft-engine, measured in this run ------------------------------------
+# Two cases, 256 B entries, one entry per write: 1 region and 1 writer; 100 regions and 8. Each case alternates basalt-bench and raft-engine-ref, best of $repeat each by entries/s (the CPU
+# per entry is that of the best run). Targets (issue 3): entries/s >= 1x raft-engine at one entry
+# per write, >= 2x with 100 regions and 8 writers; CPU per entry lower than raft-engine's.
+if [[ $rows == *d* ]]; then
+  for spec in "1 1 9000" "100 8 29000"; do
+    read -r regions jobs fixed <<<"$spec"
+    goal=1 # ($target is the scratch file)
+    [ "$jobs" -gt 1 ] && goal=2
+    bb_json='{}' ref_json='{}'
+    for ((i = 0; i < repeat; i++)); do
+      run=$(bb_log "$regions" 256 1 "$jobs")
+      bb_json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$bb_json $run")
+      if [ -n "$ref_bin" ]; then
+        run=$(ref_log "$regions" 256 1 "$jobs")
+        ref_json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$ref_json $run")
+      fi
+    done
+    eps=$(jq '.entries_per_s // 0' <<<"$bb_json")
+    cpu=$(jq '.cpu_us_per_entry // 0' <<<"$bb_json")
+    if [ -n "$ref_bin" ]; then
+      ref_eps=$(jq '.entries_per_s // 0' <<<"$ref_json")
+      ref_cpu=$(jq '.cpu_us_per_entry // 0' <<<"$ref_json")
+      ref_shown=$(printf %.0f "$ref_eps")
+      ref_cpu_shown=$(printf %.1f "$ref_cpu")
+    else
+      ref_eps=$fixed ref_cpu=0 ref_shown="$fixed*" ref_cpu_shown="n/a"
+    fi
+    r=$(ratio "$eps" "$ref_eps")
+    row "(d) r=$regions e=256B jobs=$jobs entries/s vs raft-engine" "$(printf %.0f "$eps")" "$ref_shown" "$r" "$goal" "$(verdict "$r" "$goal")"
+    p99=$(p99_of "$bb_json") ref_p99=$(p99_of "$ref_json")
+    r=$(ratio "$cpu" "$ref_cpu")
+    row "      cpu us/entry (p99 latency $p99 vs $ref_p99 us)" "$(printf %.1f "$cpu")" "$ref_cpu_shown" "$r" "<=1" "$(verdict_max "$r" 1)"
+  done
+  if [ -z "$ref_bin" ]; then
+    echo "  * issue 3's fixed figure for raft-engine on this machine (the reference was not built, or BENCH_REF=0)"
+  fi
+fi
 
 # ---- (e) recovery scan rate (issue 3 asks for it in the benchmark; no target) -------------------
-json=$(bb_log 100 4096 64 1 --recover)
-gb_s=$(jq '.recovery_gb_s // 0' <<<"$json")
-scanned=$(jq '.recovery_scanned_bytes // 0' <<<"$json")
-row "(e) recovery scan after r=100 e=4KiB epw=64, GB/s" "$(printf %.2f "$gb_s")" "$((scanned / 1048576)) MiB" "" "" ""
+if [[ $rows == *e* ]]; then
+  json=$(bb_log 100 4096 64 1 --recover)
+  gb_s=$(jq '.recovery_gb_s // 0' <<<"$json")
+  scanned=$(jq '.recovery_scanned_bytes // 0' <<<"$json")
+  row "(e) recovery scan after r=100 e=4KiB epw=64, GB/s" "$(printf %.2f "$gb_s")" "$((scanned / 1048576)) MiB" "" "" ""
+fi
 echo
 echo "warnings and errors of the runs: $errlog ($(wc -l <"$errlog") lines)"
