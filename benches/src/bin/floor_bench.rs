@@ -12,6 +12,8 @@
 //! - `client call round trip`: [`ClientConnection::call`] to a node whose service answers at once.
 //! - `raft message round trip`: a one-message batch from node A to node B and one back, each
 //!   delivered to a store router (the raft loop's inbox).
+//! - `UDP round trip`: a 300-byte datagram to a thread that echoes it, blocking sockets on
+//!   127.0.0.1: what the operating system alone costs under the two QUIC round trips.
 //!
 //! The sum is what a put costs with zero time spent in Raft, the state machine and thread
 //! hand-offs. Run it next to `cluster_bench latency` to see how much of a put is the floor.
@@ -238,6 +240,32 @@ fn raft_round_trips(a: &NodeTransport, b: &NodeTransport, count: usize) -> Histo
     h
 }
 
+/// Round trips of a 300-byte datagram echoed by another thread.
+fn udp_round_trips(count: usize) -> Histogram<u64> {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind echo socket");
+    let me = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind socket");
+    me.connect(echo.local_addr().expect("address"))
+        .expect("connect");
+    let echoer = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for _ in 0..count {
+            let (n, from) = echo.recv_from(&mut buf).expect("echo recv");
+            echo.send_to(&buf[..n], from).expect("echo send");
+        }
+    });
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    let (out, mut back) = ([7u8; 300], [0u8; 2048]);
+    for _ in 0..count {
+        std::thread::sleep(ROUND_TRIP_GAP);
+        let t = Instant::now();
+        me.send(&out).expect("send");
+        me.recv(&mut back).expect("recv");
+        h.record(t.elapsed().as_nanos() as u64).expect("record");
+    }
+    echoer.join().expect("echo thread");
+    h
+}
+
 fn main() {
     let args = Args::parse();
     let tmp;
@@ -255,6 +283,7 @@ fn main() {
     let (a, b) = (node(&cert_dir, "a"), node(&cert_dir, "b"));
     let call = client_round_trips(&cert_dir, &a, args.round_trips);
     let raft = raft_round_trips(&a, &b, args.round_trips);
+    let udp = udp_round_trips(args.round_trips);
     a.shutdown();
     b.shutdown();
     let _ = std::fs::remove_dir_all(&cert_dir);
@@ -266,6 +295,7 @@ fn main() {
         "log_write_3_writers": log3,
         "client_call_round_trip": hist_json(&call),
         "raft_message_round_trip": hist_json(&raft),
+        "udp_round_trip": hist_json(&udp),
         "put_floor_p50_ms": floor,
     });
     if args.json {
@@ -292,6 +322,11 @@ fn main() {
         "  raft message round trip      {:.3} ms   (p90 {:.3})",
         ms(raft.value_at_quantile(0.5)),
         ms(raft.value_at_quantile(0.9))
+    );
+    println!(
+        "  UDP round trip (OS alone)    {:.3} ms   (p90 {:.3})",
+        ms(udp.value_at_quantile(0.5)),
+        ms(udp.value_at_quantile(0.9))
     );
     println!("  floor of one put (3 writers + both round trips): {floor:.3} ms");
 }
