@@ -3,7 +3,10 @@
 //! The pool's mapping is allocated once, at open, and never grows: `take` and `give` move a slot
 //! index on a preallocated free list, so the data path allocates nothing. The `uring` backend
 //! registers the whole mapping with the ring as one fixed buffer (index 0), and recognises its own
-//! pool's buffers by [`AlignedBuf::pool_id`].
+//! pool's buffers by [`AlignedBuf::pool_id`]. A buffer larger than a slot can be a span of
+//! adjacent free slots ([`BufPool::take_span`]): it lies inside the same registered mapping, so
+//! the log's batches a little over a slot (64 entries of 4 KiB) stay fixed buffers without
+//! pinning more memory.
 //!
 //! A pool buffer that is dropped instead of given back returns to its pool's free list anyway (the
 //! free list is shared with every buffer of the pool), and the mapping lives until the pool and all
@@ -34,8 +37,12 @@ pub struct AlignedBuf {
 enum Origin {
     /// Owned heap allocation with this layout.
     Standalone(Layout),
-    /// Slot `slot` of a pool; the Arc keeps the mapping alive.
-    Pool { shared: Arc<PoolShared>, slot: u32 },
+    /// Slots `slot..slot + count` of a pool; the Arc keeps the mapping alive.
+    Pool {
+        shared: Arc<PoolShared>,
+        slot: u32,
+        count: u32,
+    },
 }
 
 // SAFETY: an AlignedBuf is the unique owner of its bytes (heap allocation or pool slot; a slot is
@@ -148,7 +155,11 @@ impl Drop for AlignedBuf {
                 // SAFETY: ptr was returned by alloc_zeroed with exactly this layout.
                 unsafe { std::alloc::dealloc(self.ptr, *layout) }
             }
-            Origin::Pool { shared, slot } => shared.release(*slot),
+            Origin::Pool {
+                shared,
+                slot,
+                count,
+            } => shared.release(*slot, *count),
         }
     }
 }
@@ -180,10 +191,10 @@ unsafe impl Send for PoolShared {}
 unsafe impl Sync for PoolShared {}
 
 impl PoolShared {
-    fn release(&self, slot: u32) {
+    fn release(&self, slot: u32, count: u32) {
         // A poisoned lock only means another thread panicked while pushing/popping a u32.
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.push(slot);
+        free.extend(slot..slot + count);
     }
 }
 
@@ -276,6 +287,48 @@ impl BufPool {
             origin: Origin::Pool {
                 shared: Arc::clone(&self.shared),
                 slot,
+                count: 1,
+            },
+        })
+    }
+
+    /// Take a buffer of at least `len` bytes made of adjacent free slots (one slot when `len`
+    /// fits one), or `None` if no run of enough adjacent slots is free or the run would take
+    /// more than a quarter of the pool. A span lies inside the pool's mapping, so the `uring`
+    /// backend writes it as a fixed buffer like any slot; it returns to the free list as a whole.
+    /// Allocates nothing (the free list is sorted in place to find the run).
+    pub fn take_span(&mut self, len: usize) -> Option<AlignedBuf> {
+        let count = len.div_ceil(self.slot_size_bytes).max(1);
+        if count == 1 {
+            return self.take();
+        }
+        if count > self.slot_count / 4 {
+            return None;
+        }
+        let slot = {
+            let mut free = self.shared.free.lock().unwrap_or_else(|e| e.into_inner());
+            // Descending, so `take` (which pops the end) keeps handing out low slots first; in
+            // that order a run of adjacent slots `s..s + count` reads s+count-1, ..., s, and the
+            // last such window is the lowest run.
+            free.sort_unstable_by(|a, b| b.cmp(a));
+            let at = free
+                .windows(count)
+                .rposition(|w| w[0] - w[count - 1] == count as u32 - 1)?;
+            let first = free[at + count - 1];
+            free.drain(at..at + count);
+            first
+        };
+        let ptr = self.base.wrapping_add(slot as usize * self.slot_size_bytes);
+        let size = count * self.slot_size_bytes;
+        Some(AlignedBuf {
+            ptr,
+            len: size,
+            capacity: size,
+            align: self.align,
+            origin: Origin::Pool {
+                shared: Arc::clone(&self.shared),
+                slot,
+                count: count as u32,
             },
         })
     }
@@ -354,6 +407,34 @@ mod tests {
         assert_eq!(pool.free_count(), 2);
         drop(pool);
         assert_eq!(c.as_slice().len(), 8192); // the mapping outlives the pool
+    }
+
+    #[test]
+    fn spans_are_adjacent_slots_inside_the_mapping_and_come_back_whole() {
+        let mut pool = BufPool::new(4096, 8, 4096).unwrap();
+        let (base, region_len) = pool.region();
+        let one = pool.take_span(100).unwrap();
+        assert_eq!(one.len(), 4096);
+        // Slot 0 is out: the first free run of two is slots 1 and 2.
+        let mut two = pool.take_span(4096 + 1).unwrap();
+        assert_eq!((two.len(), two.pool_id()), (8192, Some(pool.id())));
+        assert_eq!(two.as_ptr() as usize - base as usize, 4096);
+        two.as_mut_slice().fill(9);
+        assert!(two.as_ptr() as usize + two.len() <= base as usize + region_len);
+        assert!(pool.take_span(3 * 4096).is_none(), "more than a quarter");
+        // Take slots 3..=7, then free 4 and 6 only: two free slots, no run of two.
+        let mut held: Vec<_> = (0..5).map(|_| pool.take().unwrap()).collect();
+        assert!(pool.take().is_none());
+        drop(held.remove(3)); // slot 6
+        drop(held.remove(1)); // slot 4
+        assert_eq!(pool.free_count(), 2);
+        assert!(pool.take_span(8192).is_none());
+        drop(two);
+        assert_eq!(pool.free_count(), 4);
+        let again = pool.take_span(8192).unwrap();
+        assert_eq!(again.as_ptr() as usize - base as usize, 4096);
+        drop((one, held, again));
+        assert_eq!(pool.free_count(), 8);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! consistent with anything else, which is why there is no on-disk table to update (design choice;
 //! see `docs/FORMAT.md`).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::superblock::{Checkpoint, Superblock};
 use super::{
@@ -153,7 +153,7 @@ pub struct SegmentUsage {
     /// The first batch written into the segment (where a checkpoint at this segment points).
     pub first_batch: Option<Checkpoint>,
     /// For each region with entries here, the highest entry index here.
-    pub region_index_max: HashMap<u64, u64>,
+    pub region_index_max: FxHashMap<u64, u64>,
     /// How many regions' latest state records (hard state, conf state, compaction, metadata) are
     /// here: the segment cannot be freed while any are.
     pub latest_state_count: u32,

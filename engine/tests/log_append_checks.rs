@@ -1,0 +1,67 @@
+//! The checks `LogStore::append` makes before queueing a batch are all or nothing: a batch refused
+//! for a gap in one region leaves no trace in the projected last index of the regions before it
+//! in the same batch (a later append that would leave a gap there is still refused), and batches
+//! spanning many regions and repeated regions are checked record by record. Runs on the sim device.
+
+mod log_harness;
+
+use engine::error::EngineError;
+use engine::log::LogBatch;
+use log_harness::*;
+use raftlog::{Entry, Storage};
+
+fn entries(first: u64, n: u64) -> Vec<Entry> {
+    (first..first + n)
+        .map(|i| Entry::new(1, i, vec![i as u8; 8]))
+        .collect()
+}
+
+#[test]
+fn a_refused_batch_projects_nothing() {
+    let sim = sim_store(7, 4096, 64 * 1024, 8);
+    let (mut store, _) = open(&sim, 1 << 20);
+    let mut bad = LogBatch::new();
+    bad.add_entries(1, entries(1, 3));
+    bad.add_entries(2, entries(5, 1)); // region 2 is empty: a gap
+    assert!(matches!(
+        store.append(bad),
+        Err(EngineError::AppendGap { region_id: 2, .. })
+    ));
+    // Had region 1's entries 1..=3 been projected, entry 4 would be accepted.
+    let mut next = LogBatch::new();
+    next.add_entries(1, entries(4, 1));
+    assert!(matches!(
+        store.append(next),
+        Err(EngineError::AppendGap {
+            region_id: 1,
+            last_index: 0,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn repeated_and_many_regions_are_checked_in_order() {
+    let sim = sim_store(8, 4096, 64 * 1024, 8);
+    let (mut store, _) = open(&sim, 1 << 20);
+    let mut b = LogBatch::new();
+    for region in 1..=100 {
+        b.add_entries(region, entries(1, 2));
+    }
+    b.add_entries(7, entries(3, 2)); // continues region 7 within the batch
+    store.write_sync(b).expect("write");
+    let mut gap = LogBatch::new();
+    gap.add_entries(7, entries(5, 1));
+    gap.add_entries(7, entries(7, 1)); // 6 missing, after this batch's own entry 5
+    assert!(matches!(
+        store.append(gap),
+        Err(EngineError::AppendGap {
+            region_id: 7,
+            index: 7,
+            last_index: 5
+        })
+    ));
+    let log = store.region_log(7);
+    assert_eq!(log.last_index().expect("last"), 4);
+    assert_eq!(store.region_log(100).last_index().expect("last"), 2);
+}
