@@ -188,6 +188,33 @@ pub trait Io: Send {
     fn pool(&mut self) -> &mut BufPool;
     /// `"uring"`, `"sync"` or `"sim"`.
     fn backend_name(&self) -> &'static str;
+    /// A handle with which another thread ends a blocking [`Io::reap`] early: the woken `reap`
+    /// returns what it has, possibly fewer than `min_complete` completions, even none. `None`
+    /// for backends whose `reap` never waits on the device (`sync` and `sim` complete each
+    /// operation inline).
+    fn waker(&mut self) -> Result<Option<IoWaker>, IoError> {
+        Ok(None)
+    }
+}
+
+/// Ends a blocking [`Io::reap`] of the backend that made it (see [`Io::waker`]). Cloneable and
+/// cheap: waking is one `write` to an eventfd the ring has a read pending on.
+#[derive(Clone, Debug)]
+pub struct IoWaker {
+    fd: std::sync::Arc<nix::sys::eventfd::EventFd>,
+}
+
+impl IoWaker {
+    pub(crate) fn new(fd: std::sync::Arc<nix::sys::eventfd::EventFd>) -> IoWaker {
+        IoWaker { fd }
+    }
+
+    /// Wakes the reap (or, if none is waiting, the next one returns at once).
+    pub fn wake(&self) {
+        // The counter saturates only after 2^64 - 2 wakes with no read between; a failed wake
+        // at worst leaves the reaper waiting for its own completions, as without a waker.
+        let _ = self.fd.write(1);
+    }
 }
 
 /// Convenience for callers that want a blocking call (format, inspect, recovery, tests): submit,

@@ -78,6 +78,8 @@ impl DurableMode {
 
 const FIXED_FILE: types::Fixed = types::Fixed(0);
 const FSYNC_BIT: u64 = 1;
+/// The `user_data` of the eventfd read a [`super::IoWaker`] completes (no slot has this index).
+const WAKE_USER_DATA: u64 = u64::MAX;
 
 /// One in-flight operation.
 struct Slot {
@@ -115,6 +117,20 @@ pub struct UringIo {
     in_flight: usize,
     queue_depth: usize,
     latched: bool,
+    /// Set once [`Io::waker`] was called.
+    wake: Option<WakeRead>,
+}
+
+/// The eventfd of a waker and the ring's read on it.
+struct WakeRead {
+    fd: std::sync::Arc<nix::sys::eventfd::EventFd>,
+    /// Where the pending read puts the counter; boxed so it never moves while the read is
+    /// pending.
+    buf: Box<u64>,
+    /// A read is in the ring.
+    armed: bool,
+    /// The read completed since the last `reap` returned.
+    woken: bool,
 }
 
 impl UringIo {
@@ -153,7 +169,21 @@ impl UringIo {
             in_flight: 0,
             queue_depth,
             latched: false,
+            wake: None,
         })
+    }
+
+    /// Puts a read of the waker's eventfd in the ring, unless one is there.
+    fn arm_wake(&mut self) -> Result<(), IoError> {
+        let Some(w) = self.wake.as_mut().filter(|w| !w.armed) else {
+            return Ok(());
+        };
+        let ptr = std::ptr::from_mut::<u64>(&mut w.buf).cast::<u8>();
+        let read = opcode::Read::new(types::Fd(w.fd.as_raw_fd()), ptr, 8)
+            .build()
+            .user_data(WAKE_USER_DATA);
+        w.armed = true;
+        self.push(&[read])
     }
 
     /// The durable-write mode in use.
@@ -281,6 +311,13 @@ impl UringIo {
     }
 
     fn on_cqe(&mut self, user_data: u64, res: i32) -> Result<(), IoError> {
+        if user_data == WAKE_USER_DATA {
+            if let Some(w) = self.wake.as_mut() {
+                w.armed = false;
+                w.woken = true;
+            }
+            return Ok(());
+        }
         let idx = (user_data >> 1) as u32;
         let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
             tracing::error!(user_data, res, "io_uring completion for no live slot");
@@ -535,10 +572,14 @@ impl Io for UringIo {
                 self.enter(0)?; // run pending completion work (COOP_TASKRUN)
             }
             self.drain_cq()?;
-            if self.done.len() >= target {
+            if self.done.len() >= target || self.wake.as_ref().is_some_and(|w| w.woken) {
                 break;
             }
+            self.arm_wake()?;
             self.enter(1)?;
+        }
+        if let Some(w) = self.wake.as_mut() {
+            w.woken = false;
         }
         if !self.ring.submission().is_empty() {
             self.enter(0)?; // resubmissions made while draining
@@ -563,6 +604,27 @@ impl Io for UringIo {
 
     fn backend_name(&self) -> &'static str {
         "uring"
+    }
+
+    fn waker(&mut self) -> Result<Option<super::IoWaker>, IoError> {
+        if let Some(w) = &self.wake {
+            return Ok(Some(super::IoWaker::new(std::sync::Arc::clone(&w.fd))));
+        }
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| IoError::Os {
+            op: "eventfd",
+            offset: 0,
+            source: e.into(),
+        })?;
+        let fd = std::sync::Arc::new(fd);
+        self.wake = Some(WakeRead {
+            fd: std::sync::Arc::clone(&fd),
+            buf: Box::new(0),
+            armed: false,
+            woken: false,
+        });
+        Ok(Some(super::IoWaker::new(fd)))
     }
 }
 
@@ -589,8 +651,16 @@ impl Drop for UringIo {
         // before the buffers (and the pool mapping) are freed.
         // Re-check after every drain: the drain may finish the last operation, and waiting for
         // one more completion then would block forever.
+        // A pending read of the waker's eventfd writes into `wake.buf`: complete it too.
+        if let Some(w) = self.wake.as_ref().filter(|w| w.armed) {
+            let _ = w.fd.write(1);
+        }
         for _ in 0..1_000_000 {
-            if self.drain_cq().is_err() || !self.slots.iter().any(Option::is_some) {
+            if self.drain_cq().is_err() {
+                break;
+            }
+            let wake_pending = self.wake.as_ref().is_some_and(|w| w.armed);
+            if !wake_pending && !self.slots.iter().any(Option::is_some) {
                 break;
             }
             if self.enter(1).is_err() {

@@ -1,13 +1,21 @@
 //! [`LogWriterThread`]: a [`LogStore`] on its own thread, for real devices. Appends arrive over a
-//! bounded channel; while one device write is in flight, new appends queue up and become the next
+//! bounded channel; everything that arrived while the thread was busy becomes the next
 //! group-committed batch.
+//!
+//! While a write is in flight the thread waits on the device, and an append arriving then wakes
+//! it (an [`IoWaker`], when the backend has one): the thread queues the append and the log sends
+//! it as the second write in flight (see [`super::writer`]), rather than holding it until the
+//! first write completes. A woken append costs one `write(2)` to an eventfd, paid only when
+//! the thread is actually waiting.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tracing::warn;
 
 use super::{LogBatch, LogStore, RegionLog};
 use crate::error::{EngineError, Result};
+use crate::io::IoWaker;
 
 /// A [`LogStore`] on its own thread, for real devices: appends arrive over a channel and each
 /// batch's callback runs on the writer thread once the batch is durable (or failed).
@@ -15,6 +23,25 @@ pub struct LogWriterThread {
     tx: Option<crossbeam_channel::Sender<WriterMsg>>,
     join: Option<std::thread::JoinHandle<LogStore>>,
     region_logs: Box<dyn Fn(u64) -> RegionLog + Send + Sync>,
+    wake: Arc<WriterWake>,
+}
+
+/// How an appender wakes the writer thread while it waits on the device.
+struct WriterWake {
+    /// The thread is (about to be) blocked on the device with a write in flight.
+    waiting: AtomicBool,
+    waker: Option<IoWaker>,
+}
+
+impl WriterWake {
+    /// Called after a message was sent: wakes the thread if it waits on the device.
+    fn poke(&self) {
+        if let Some(w) = &self.waker {
+            if self.waiting.swap(false, Ordering::SeqCst) {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// Called once a batch is durable (or failed).
@@ -27,12 +54,17 @@ enum WriterMsg {
 
 impl LogWriterThread {
     /// Moves `store` onto a new thread.
-    pub fn spawn(store: LogStore) -> Result<LogWriterThread> {
+    pub fn spawn(mut store: LogStore) -> Result<LogWriterThread> {
         let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(4096);
         let shared = Arc::clone(store.shared());
+        let wake = Arc::new(WriterWake {
+            waiting: AtomicBool::new(false),
+            waker: store.waker()?,
+        });
+        let thread_wake = Arc::clone(&wake);
         let join = std::thread::Builder::new()
             .name("basalt-log-writer".into())
-            .spawn(move || writer_loop(store, rx))
+            .spawn(move || writer_loop(store, rx, &thread_wake))
             .map_err(|source| EngineError::ThreadSpawn {
                 thread: "log writer",
                 source,
@@ -42,6 +74,7 @@ impl LogWriterThread {
             tx: Some(tx),
             join: Some(join),
             region_logs,
+            wake,
         })
     }
 
@@ -49,14 +82,18 @@ impl LogWriterThread {
     pub fn append(&self, batch: LogBatch, done: AckCallback) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
         tx.send(WriterMsg::Append(batch, done))
-            .map_err(|_| EngineError::WriterStopped)
+            .map_err(|_| EngineError::WriterStopped)?;
+        self.wake.poke();
+        Ok(())
     }
 
     /// Queues a compaction of `region_id` up to `index`.
     pub fn compact_to(&self, region_id: u64, index: u64) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(EngineError::WriterStopped)?;
         tx.send(WriterMsg::Compact(region_id, index))
-            .map_err(|_| EngineError::WriterStopped)
+            .map_err(|_| EngineError::WriterStopped)?;
+        self.wake.poke();
+        Ok(())
     }
 
     /// The Storage handle of a region.
@@ -67,6 +104,7 @@ impl LogWriterThread {
     /// Stops the thread once everything queued is written, and hands the store back.
     pub fn stop(mut self) -> Result<LogStore> {
         self.tx.take();
+        self.wake.poke();
         let join = self.join.take().ok_or(EngineError::WriterStopped)?;
         join.join().map_err(|_| EngineError::WriterStopped)
     }
@@ -75,13 +113,18 @@ impl LogWriterThread {
 impl Drop for LogWriterThread {
     fn drop(&mut self) {
         self.tx.take();
+        self.wake.poke();
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
     }
 }
 
-fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) -> LogStore {
+fn writer_loop(
+    mut store: LogStore,
+    rx: crossbeam_channel::Receiver<WriterMsg>,
+    wake: &WriterWake,
+) -> LogStore {
     let span = tracing::info_span!("log_writer", store = store.superblock().store_id, device = %store.shared().label);
     let _entered = span.enter();
     let mut callbacks: std::collections::HashMap<u64, AckCallback> = Default::default();
@@ -89,6 +132,7 @@ fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) 
     loop {
         let idle = store.is_idle();
         if idle && !open {
+            store.no_more_wakes();
             return store;
         }
         let first = if idle {
@@ -105,7 +149,13 @@ fn writer_loop(mut store: LogStore, rx: crossbeam_channel::Receiver<WriterMsg>) 
         }
         // Callbacks run before the next batch is gathered: they wake the callers, whose next
         // appends then have the most chance to join the next batch (group commit).
-        for a in poll_logged(&mut store, true) {
+        // Announce the wait before the last look at the channel: an appender either finds the
+        // message taken here, or finds `waiting` set and wakes the device wait.
+        wake.waiting.store(true, Ordering::SeqCst);
+        let wait = rx.is_empty();
+        let acks = poll_logged(&mut store, wait);
+        wake.waiting.store(false, Ordering::SeqCst);
+        for a in acks {
             if let Some(cb) = callbacks.remove(&a.ticket.0) {
                 cb(a.result);
             }

@@ -97,4 +97,8 @@ impl Io for CountingIo {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
+
+    fn waker(&mut self) -> Result<Option<engine::io::IoWaker>, IoError> {
+        self.inner.waker()
+    }
 }
