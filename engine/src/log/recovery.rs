@@ -16,8 +16,10 @@
 //!
 //! Limits: damage to the very last acknowledged batch, with nothing written after it (or only a
 //! pipelined batch after it), cannot be told from a torn unacknowledged write, and is discarded
-//! as a torn tail. A damaged stretch
-//! longer than the rest of a segment plus one segment ends the scan early.
+//! as a torn tail. The same holds for a trailing run of damaged batches: a misdirected last write
+//! misses its own place and may land on the acknowledged batches before it, so the log can end
+//! several batches early (every damaged block still fails its checksum; none is served). A
+//! damaged stretch longer than the rest of a segment plus one segment ends the scan early.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -333,6 +333,14 @@ pub fn runs(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The seeds to run: only `BASALT_SIM_SEED` when set (a replay), else `0..runs(default)`.
+pub fn seeds(default: u64) -> std::ops::Range<u64> {
+    let only: Option<u64> = std::env::var("BASALT_SIM_SEED")
+        .ok()
+        .map(|v| v.parse().expect("BASALT_SIM_SEED is a number"));
+    only.map_or(0..runs(default), |s| s..s + 1)
+}
+
 /// A short description of how two models differ (for assertion messages).
 pub fn diff(expected: &Model, got: &Model) -> String {
     let mut out = String::new();
