@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Write;
 
 use engine::io::uring::{DurableMode, UringIo};
-use engine::io::{BufPool, Geometry, Io, IoOp};
+use engine::io::{BufPool, Geometry, Io, IoOp, IoWaker};
 
 const BLOCK: usize = 512;
 /// How long the test waits before calling a reap hung (not a performance bound).
@@ -25,17 +25,23 @@ fn pipe_device() -> (UringIo, File) {
     (io, File::from(write_end))
 }
 
-#[test]
-fn a_wake_ends_a_blocking_reap_and_the_op_still_completes() {
-    let (mut io, mut pipe_in) = pipe_device();
+/// A pipe-backed device with its waker and one read of `tag` submitted on it.
+fn pending_read(tag: u64) -> (UringIo, File, IoWaker) {
+    let (mut io, pipe_in) = pipe_device();
     let waker = io.waker().expect("waker").expect("uring has a waker");
     let buf = io.pool().take().expect("buffer");
     io.submit(IoOp::Read {
-        tag: 7,
+        tag,
         offset: 0,
         buf,
     })
     .expect("submit");
+    (io, pipe_in, waker)
+}
+
+#[test]
+fn a_wake_ends_a_blocking_reap_and_the_op_still_completes() {
+    let (mut io, mut pipe_in, waker) = pending_read(7);
     // Handed to the kernel by this thread, which outlives the reaping one: io_uring cancels a
     // thread's pending requests when it exits.
     io.kick().expect("kick");
@@ -73,15 +79,7 @@ fn a_wake_ends_a_blocking_reap_and_the_op_still_completes() {
 
 #[test]
 fn a_wake_before_the_reap_is_not_lost() {
-    let (mut io, mut pipe_in) = pipe_device();
-    let waker = io.waker().expect("waker").expect("uring has a waker");
-    let buf = io.pool().take().expect("buffer");
-    io.submit(IoOp::Read {
-        tag: 1,
-        offset: 0,
-        buf,
-    })
-    .expect("submit");
+    let (mut io, mut pipe_in, waker) = pending_read(1);
     waker.wake();
     let mut out = Vec::new();
     assert_eq!(io.reap(&mut out, 1).expect("reap"), 0);

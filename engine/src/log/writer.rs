@@ -233,12 +233,18 @@ impl LogStore {
     /// blocks): a thread that queues appends while a write is in flight wakes the poller, which
     /// returns so its caller can append them, and the next poll sends them as the second write.
     pub(crate) fn waker(&mut self) -> Result<Option<crate::io::IoWaker>> {
-        self.woken_polls = true;
-        let mut dev = self.shared.device();
-        dev.io.waker().map_err(|source| EngineError::Io {
-            device: self.shared.label.clone(),
-            source,
-        })
+        let waker = self
+            .shared
+            .device()
+            .io
+            .waker()
+            .map_err(|source| EngineError::Io {
+                device: self.shared.label.clone(),
+                source,
+            })?;
+        // Only a backend with a waker can come back from a blocking reap empty-handed.
+        self.woken_polls = waker.is_some();
+        Ok(waker)
     }
 
     /// Bytes of entries held in the tail cache.
