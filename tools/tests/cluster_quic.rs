@@ -2,7 +2,8 @@
 //! three nodes replicate, survive the loss of their leader without losing an acknowledged
 //! write, and a killed node restarts and catches up from its log; five nodes take a learner by
 //! snapshot, promote it, remove a peer, move leadership and split a region; a peer or client
-//! whose certificate another CA signed is refused.
+//! whose certificate another CA signed is refused. The three-node case runs twice: with each
+//! store's loop on its node's one network thread, and on a thread of its own.
 
 mod cluster_harness;
 
@@ -21,9 +22,20 @@ fn val(i: u32, round: u32) -> Vec<u8> {
     format!("value-{i}-{round}").into_bytes()
 }
 
+/// Each store's loop runs on its node's one network thread (`NodeTransport::drive_store`).
 #[test]
 fn three_nodes_replicate_fail_over_and_catch_up() {
-    let mut c = QuicCluster::start(3, 3);
+    replicate_fail_over_and_catch_up(1);
+}
+
+/// Each store's loop has a thread of its own beside a two-thread network runtime.
+#[test]
+fn three_nodes_replicate_fail_over_and_catch_up_loop_on_own_thread() {
+    replicate_fail_over_and_catch_up(2);
+}
+
+fn replicate_fail_over_and_catch_up(net_threads: usize) {
+    let mut c = QuicCluster::start_with_net_threads(3, 3, net_threads);
     for i in 0..30 {
         c.put(&key(i), &val(i, 0));
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use engine::state::worker::BuiltSnapshot;
-use engine::store::{RaftMessage, StoreRouter, Transport};
+use engine::store::{RaftMessage, StoreDriver, StoreRouter, Transport, Turn};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
@@ -49,7 +49,8 @@ pub struct TransportConfig {
     /// Chunks buffered between the network and the installer of one incoming snapshot; when
     /// full, reading stops and QUIC flow control holds the sender. Default 4.
     pub snapshot_chunks_buffered: usize,
-    /// Worker threads of the runtime [`NodeTransport::bind`] starts. Default 2.
+    /// Worker threads of the runtime [`NodeTransport::bind`] starts. Default 2. With 1 the
+    /// runtime is a current-thread one on a thread of its own (see [`NodeTransport::bind`]).
     pub runtime_threads: usize,
 }
 
@@ -175,7 +176,9 @@ impl Inner {
 /// A node's transport: the QUIC endpoint and everything running on it. Dropping it shuts down.
 pub struct NodeTransport {
     inner: Arc<Inner>,
-    runtime: Option<Runtime>,
+    runtime: Option<Arc<Runtime>>,
+    /// The thread driving a current-thread runtime (see [`NodeTransport::bind`]).
+    driver: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for NodeTransport {
@@ -189,22 +192,43 @@ impl std::fmt::Debug for NodeTransport {
 impl NodeTransport {
     /// Binds `listen` and starts serving on a runtime of its own (`config.runtime_threads`
     /// threads). Refuses an invalid config.
+    ///
+    /// With one thread the runtime is tokio's current-thread scheduler, driven by a thread of
+    /// its own (`basalt-net`), rather than the work-stealing scheduler with one worker: every
+    /// wake-up of a network task from another thread (a store loop queueing a message, a reply
+    /// to a client) then costs one unpark of that thread and nothing else, and the endpoint's,
+    /// connections' and streams' tasks hand packets to one another without any cross-thread
+    /// step. Measured on the 2-vCPU machine with quinn alone, one 300-byte request/response
+    /// round trip between two such runtimes took 111 µs (p50) against 141 µs with one-worker
+    /// work-stealing runtimes.
     pub fn bind(
         listen: SocketAddr,
         tls: &TlsConfig,
         config: TransportConfig,
     ) -> Result<NodeTransport, TransportError> {
         config.validate()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.runtime_threads)
-            .thread_name("basalt-net")
-            .enable_all()
-            .build()
-            .map_err(|source| TransportError::Io {
-                what: "start the transport runtime",
-                source,
-            })?;
+        let io_error = |source| TransportError::Io {
+            what: "start the transport runtime",
+            source,
+        };
+        let runtime = if config.runtime_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io_error)?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.runtime_threads)
+                .thread_name("basalt-net")
+                .enable_all()
+                .build()
+                .map_err(io_error)?
+        };
+        let runtime = Arc::new(runtime);
         let mut node = NodeTransport::bind_on(listen, tls, config, runtime.handle().clone())?;
+        if node.inner.config.runtime_threads == 1 {
+            node.driver = Some(drive(&node.inner, Arc::clone(&runtime)).map_err(io_error)?);
+        }
         node.runtime = Some(runtime);
         Ok(node)
     }
@@ -250,6 +274,7 @@ impl NodeTransport {
         Ok(NodeTransport {
             inner,
             runtime: None,
+            driver: None,
         })
     }
 
@@ -312,6 +337,50 @@ impl NodeTransport {
         }
     }
 
+    /// Runs a store's loop as a task of the transport's runtime (see [`Store::open_driven`]):
+    /// the task turns it whenever one of its inputs wakes it or its next tick is due; once it
+    /// has finished, the rest of the stop (the log's last writes, the final checkpoint) runs
+    /// on a thread of its own, since it blocks. Meant for a current-thread runtime
+    /// (`runtime_threads` 1), where a message or request then reaches Raft, and Raft's answer
+    /// the network, without a thread switch. If the transport shuts down first, the task is
+    /// dropped and the store halts as a crash would.
+    ///
+    /// [`Store::open_driven`]: engine::store::Store::open_driven
+    pub fn drive_store(&self, mut driver: StoreDriver) {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let hook = Arc::clone(&notify);
+        driver.wake().set(Box::new(move || hook.notify_one()));
+        let span = tracing::info_span!("store", store_id = driver.store_id());
+        self.inner.handle.spawn(
+            async move {
+                while let Turn::Wait(timeout) = driver.turn() {
+                    if timeout.is_zero() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+                    }
+                }
+                let name = format!("basalt-stop-{}", driver.store_id());
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                    if let Ok(d) = rx.recv() {
+                        StoreDriver::finish(d);
+                    }
+                });
+                match spawned {
+                    Ok(_) => {
+                        let _ = tx.send(driver);
+                    }
+                    Err(error) => {
+                        warn!(%error, "no thread for the store's stop; finishing on the runtime");
+                        driver.finish();
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
     /// The runtime the transport runs on.
     pub fn runtime_handle(&self) -> Handle {
         self.inner.handle.clone()
@@ -327,14 +396,43 @@ impl NodeTransport {
     fn stop_now(&mut self) {
         let _ = self.inner.stop.send(true);
         self.inner.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
+        if let Some(driver) = self.driver.take() {
+            // The driver lets the connections close, then leaves its `block_on`.
+            let _ = driver.join();
+        }
         if let Some(rt) = self.runtime.take() {
             let endpoint = self.inner.endpoint.clone();
+            let Ok(rt) = Arc::try_unwrap(rt) else {
+                return;
+            };
             rt.block_on(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             });
             rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// Starts the thread that drives a current-thread runtime until the transport stops; on the
+/// way out it gives the connections up to a second to close.
+fn drive(
+    inner: &Arc<Inner>,
+    runtime: Arc<Runtime>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut stop = inner.stop.subscribe();
+    let endpoint = inner.endpoint.clone();
+    std::thread::Builder::new()
+        .name("basalt-net".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                while !*stop.borrow_and_update() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            });
+        })
 }
 
 impl Drop for NodeTransport {

@@ -1,7 +1,8 @@
 //! Proves Raft messages cross real QUIC between two nodes on 127.0.0.1: many `send` calls are
 //! delivered in order to the store named in each message's `to`, through routers whose channels
 //! the test reads; a store whose node does not answer is reported unreachable to the sender;
-//! a node that comes up later is reached after the link reconnects.
+//! a node that comes up later is reached after the link reconnects. The first test runs one node
+//! on a current-thread runtime (one network thread) and the other on a work-stealing one.
 #![cfg(feature = "server")]
 
 mod fixture;
@@ -13,7 +14,12 @@ use transport::TransportConfig;
 #[test]
 fn messages_are_delivered_in_order_to_their_store() {
     let pki = pki("cluster", &["a", "b"], &[]);
-    let a = node(&tls(&pki, "a"), TransportConfig::default());
+    // `a` on a current-thread runtime (one network thread), `b` on a work-stealing one.
+    let one_thread = TransportConfig {
+        runtime_threads: 1,
+        ..TransportConfig::default()
+    };
+    let a = node(&tls(&pki, "a"), one_thread);
     let b = node(&tls(&pki, "b"), TransportConfig::default());
     let (ra, _rx_a) = store(1);
     let (rb2, rx_b2) = store(2);

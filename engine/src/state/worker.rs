@@ -52,6 +52,7 @@
 //!   `install_finish` (a whole checkpoint), and so does stopping.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -65,6 +66,7 @@ use super::split::SplitOutcome;
 use super::{CheckpointInfo, FrozenRegion, InstallId, RegionState, StateStore};
 use crate::error::{EngineError, Result};
 use crate::layout::MIB;
+use crate::store::LoopWake;
 
 /// The error of a call to a stopped apply worker.
 pub(crate) const APPLY_STOPPED: EngineError = EngineError::WorkerStopped { worker: "apply" };
@@ -438,12 +440,22 @@ pub struct ApplyWorker {
 impl ApplyWorker {
     /// Moves `store` onto a new thread. A failed spawn is an error.
     pub fn spawn(store: StateStore, config: ApplyConfig) -> Result<ApplyWorker> {
+        ApplyWorker::spawn_waking(store, config, LoopWake::new())
+    }
+
+    /// [`ApplyWorker::spawn`], waking `wake` after every event (for a store loop driven as a
+    /// task, see [`LoopWake`]).
+    pub fn spawn_waking(
+        store: StateStore,
+        config: ApplyConfig,
+        wake: Arc<LoopWake>,
+    ) -> Result<ApplyWorker> {
         config.validate()?;
         let (tx, rx) = bounded(config.queue_len_max);
         let (ev_tx, events) = bounded(config.queue_len_max);
         let join = std::thread::Builder::new()
             .name("basalt-apply".into())
-            .spawn(move || ApplyLoop::new(store, config, ev_tx).run(rx))
+            .spawn(move || ApplyLoop::new(store, config, ev_tx, wake).run(rx))
             .map_err(|source| EngineError::ThreadSpawn {
                 thread: "apply worker",
                 source,
@@ -512,6 +524,8 @@ struct ApplyLoop {
     store: StateStore,
     config: ApplyConfig,
     events: Sender<ApplyEvent>,
+    /// Woken after every event.
+    wake: Arc<LoopWake>,
     applied_bytes_since_checkpoint: u64,
     /// Bytes the last finished checkpoint wrote (grows the trigger, see [`ApplyConfig`]).
     last_checkpoint_bytes: u64,
@@ -529,11 +543,17 @@ struct ApplyLoop {
 type Flow = std::result::Result<(), EngineError>;
 
 impl ApplyLoop {
-    fn new(store: StateStore, config: ApplyConfig, events: Sender<ApplyEvent>) -> ApplyLoop {
+    fn new(
+        store: StateStore,
+        config: ApplyConfig,
+        events: Sender<ApplyEvent>,
+        wake: Arc<LoopWake>,
+    ) -> ApplyLoop {
         ApplyLoop {
             store,
             config,
             events,
+            wake,
             applied_bytes_since_checkpoint: 0,
             last_checkpoint_bytes: 0,
             checkpoint_running: false,
@@ -551,6 +571,7 @@ impl ApplyLoop {
         } else {
             let _ = self.events.send(e);
         }
+        self.wake.wake();
     }
 
     fn run(mut self, rx: Receiver<ApplyRequest>) -> Result<StateStore> {

@@ -8,6 +8,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::msg::RaftMessage;
 use super::region::{Epoch, Peer, RegionMeta};
+use super::wake::LoopWake;
 use crate::state::worker::BuiltSnapshot;
 use crate::state::{Command, OpResult};
 
@@ -336,12 +337,25 @@ pub enum StoreEvent {
 pub struct StoreRouter {
     pub(crate) store_id: u64,
     pub(crate) tx: Sender<StoreEvent>,
+    /// Woken after every post (a loop driven as a task waits on it, see [`LoopWake`]).
+    pub(crate) wake: Arc<LoopWake>,
 }
 
 impl StoreRouter {
-    /// A router posting into `tx` (the loop holds the receiver).
+    /// A router posting into `tx` (the loop holds the receiver and blocks on it).
     pub fn new(store_id: u64, tx: Sender<StoreEvent>) -> StoreRouter {
-        StoreRouter { store_id, tx }
+        StoreRouter::with_wake(store_id, tx, LoopWake::new())
+    }
+
+    /// A router posting into `tx` and waking `wake` after each post.
+    pub fn with_wake(store_id: u64, tx: Sender<StoreEvent>, wake: Arc<LoopWake>) -> StoreRouter {
+        StoreRouter { store_id, tx, wake }
+    }
+
+    fn post(&self, ev: StoreEvent) -> Result<(), crossbeam_channel::TrySendError<StoreEvent>> {
+        let r = self.tx.try_send(ev);
+        self.wake.wake();
+        r
     }
 
     /// The store this router posts to.
@@ -351,12 +365,12 @@ impl StoreRouter {
 
     /// Delivers Raft messages from another store.
     pub fn deliver(&self, msgs: Vec<RaftMessage>) {
-        let _ = self.tx.try_send(StoreEvent::Raft(msgs));
+        let _ = self.post(StoreEvent::Raft(msgs));
     }
 
     /// Delivers an incoming snapshot stream. If the loop cannot take it, it is rejected.
     pub fn deliver_snapshot(&self, snapshot: IncomingSnapshot) {
-        if let Err(e) = self.tx.try_send(StoreEvent::Snapshot(Box::new(snapshot))) {
+        if let Err(e) = self.post(StoreEvent::Snapshot(Box::new(snapshot))) {
             if let StoreEvent::Snapshot(s) = e.into_inner() {
                 let _ = s.receipts.send(SnapshotReceipt::Rejected {
                     reason: "store busy".into(),
@@ -367,7 +381,7 @@ impl StoreRouter {
 
     /// Submits a client request; `reply` is always called.
     pub fn submit(&self, request: ClientRequest, reply: Reply) {
-        if let Err(e) = self.tx.try_send(StoreEvent::Request(request, reply)) {
+        if let Err(e) = self.post(StoreEvent::Request(request, reply)) {
             let stopped = e.is_disconnected();
             if let StoreEvent::Request(_, reply) = e.into_inner() {
                 reply(Err(if stopped {
@@ -383,12 +397,12 @@ impl StoreRouter {
 
     /// Reports that `store_id` could not be reached.
     pub fn report_unreachable(&self, store_id: u64) {
-        let _ = self.tx.try_send(StoreEvent::Unreachable { store_id });
+        let _ = self.post(StoreEvent::Unreachable { store_id });
     }
 
     /// Reports the outcome of a snapshot sent with [`Transport::send_snapshot`].
     pub fn report_snapshot(&self, region_id: u64, to_peer_id: u64, ok: bool) {
-        let _ = self.tx.try_send(StoreEvent::SnapshotSent {
+        let _ = self.post(StoreEvent::SnapshotSent {
             region_id,
             to_peer_id,
             ok,
@@ -398,5 +412,12 @@ impl StoreRouter {
     /// Asks the loop to stop (final checkpoint first).
     pub fn stop(&self) {
         let _ = self.tx.send(StoreEvent::Stop);
+        self.wake.wake();
+    }
+
+    /// Stops the loop as a crash would (no final checkpoint).
+    pub(crate) fn halt(&self) {
+        let _ = self.tx.send(StoreEvent::Halt);
+        self.wake.wake();
     }
 }

@@ -1,6 +1,9 @@
 //! [`Store`]: one store on one device, running. Opens the device, reconciles the log with the
 //! state store, starts the log writer, apply and snapshot threads, and drives the
-//! [`StoreLoop`] from its own thread.
+//! [`StoreLoop`] from its own thread ([`Store::open`]) or leaves it to the caller as a
+//! [`StoreDriver`] ([`Store::open_driven`]): a node whose network runtime is a single thread
+//! runs the loop as a task there, so the hand-offs network → loop and loop → network are no
+//! thread switches (each is one on a 2-vCPU machine, tens of µs when the other thread sleeps).
 //!
 //! Threads of a store: the raft loop (this module), the log writer
 //! ([`crate::log::LogWriterThread`]), the apply worker and the snapshot worker. The loop never
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TryRecvError};
 use raftlog::{HardState, Storage};
 use tracing::{info, info_span, warn};
 
@@ -22,11 +25,14 @@ use super::raft_loop::{
     REGION_INIT_INDEX,
 };
 use super::region::RegionMeta;
+use super::wake::LoopWake;
 use crate::device::{open_store, OpenOptions};
 use crate::error::{EngineError, Result};
 use crate::log::{LogBatch, LogConfig, LogStore, LogWriterThread, RegionLog};
 use crate::metrics::StoreMetrics;
-use crate::state::worker::{ApplyConfig, ApplyWorker, SnapshotConfig, SnapshotWorker};
+use crate::state::worker::{
+    ApplyConfig, ApplyEvent, ApplyWorker, SnapshotConfig, SnapshotEvent, SnapshotWorker,
+};
 use crate::state::{StateConfig, StateStore};
 
 /// Everything needed to open a store.
@@ -77,7 +83,28 @@ pub struct Store {
     store_id: u64,
     router: StoreRouter,
     metrics: Arc<StoreMetrics>,
-    join: Option<JoinHandle<Result<()>>>,
+    ending: Option<Ending>,
+}
+
+/// How [`Store`] learns that its loop has ended.
+enum Ending {
+    /// The loop's own thread ([`Store::open`]).
+    Thread(JoinHandle<Result<()>>),
+    /// The outcome [`StoreDriver::finish`] sends ([`Store::open_driven`]); disconnected when
+    /// the driver was dropped unfinished.
+    Driven(Receiver<Result<()>>),
+}
+
+impl Ending {
+    fn wait(self) -> Result<()> {
+        let stopped = EngineError::WorkerStopped {
+            worker: "raft loop",
+        };
+        match self {
+            Ending::Thread(j) => j.join().map_err(|_| stopped)?,
+            Ending::Driven(rx) => rx.recv().map_err(|_| stopped)?,
+        }
+    }
 }
 
 /// The log writer thread as the loop's [`LogSink`]: completions come back as
@@ -87,12 +114,14 @@ pub struct Store {
 struct WriterSink {
     writer: LogWriterThread,
     done: Sender<StoreEvent>,
+    wake: Arc<LoopWake>,
     transport: Arc<dyn Transport>,
 }
 
 impl LogSink for WriterSink {
     fn append(&mut self, batch_no: u64, batch: LogBatch, after: Outgoing) {
         let done = self.done.clone();
+        let wake = Arc::clone(&self.wake);
         let transport = Arc::clone(&self.transport);
         let cb = Box::new(move |r: Result<()>| {
             if r.is_ok() {
@@ -104,12 +133,14 @@ impl LogSink for WriterSink {
                 batch_no,
                 result: r.map_err(|e| e.to_string()),
             });
+            wake.wake();
         });
         if let Err(e) = self.writer.append(batch, cb) {
             let _ = self.done.send(StoreEvent::LogDone {
                 batch_no,
                 result: Err(e.to_string()),
             });
+            self.wake.wake();
         }
     }
 
@@ -348,10 +379,37 @@ impl Store {
     /// matter). Messages go out through `transport`; give [`Store::router`] to the transport
     /// for messages coming in.
     pub fn open(
-        mut opts: StoreOptions,
+        opts: StoreOptions,
         transport: Arc<dyn Transport>,
         initial_regions: &[RegionMeta],
     ) -> Result<Store> {
+        let (mut store, driver) = Store::open_driven(opts, transport, initial_regions)?;
+        let store_id = store.store_id;
+        let join = std::thread::Builder::new()
+            .name(format!("basalt-raft-{store_id}"))
+            .spawn(move || {
+                let span = info_span!("store", store_id);
+                let _g = span.enter();
+                driver.run()
+            })
+            .map_err(|source| EngineError::ThreadSpawn {
+                thread: "raft loop",
+                source,
+            })?;
+        store.ending = Some(Ending::Thread(join));
+        Ok(store)
+    }
+
+    /// Opens the store like [`Store::open`], but leaves its loop to the caller: the
+    /// [`StoreDriver`] must be turned (see [`StoreDriver::turn`]) until it says it has
+    /// finished, then [`StoreDriver::finish`]ed. A node whose network runtime is one thread
+    /// runs it as a task there, so a message or request goes from the network to Raft and
+    /// back without a thread switch.
+    pub fn open_driven(
+        mut opts: StoreOptions,
+        transport: Arc<dyn Transport>,
+        initial_regions: &[RegionMeta],
+    ) -> Result<(Store, StoreDriver)> {
         let handles = open_store(&opts.path, &opts.open)?;
         let (mut log, report) = LogStore::open(handles.log, opts.log.clone())?;
         let sb = *log.superblock();
@@ -375,15 +433,22 @@ impl Store {
             opts.state.clone(),
         )?;
         let found = prepare(&mut log, &mut state, initial_regions)?;
+        let wake = LoopWake::new();
         let writer = LogWriterThread::spawn(log)?;
-        let apply = ApplyWorker::spawn(state, opts.apply.clone())?;
-        let snapshots = SnapshotWorker::spawn(opts.snapshot.clone(), apply.sender(), None)?;
+        let apply = ApplyWorker::spawn_waking(state, opts.apply.clone(), Arc::clone(&wake))?;
+        let snapshots = SnapshotWorker::spawn_waking(
+            opts.snapshot.clone(),
+            apply.sender(),
+            None,
+            Arc::clone(&wake),
+        )?;
         let metrics = Arc::new(StoreMetrics::new());
         let (tx, rx) = bounded(opts.event_queue_len_max);
         let (done_tx, done_rx) = unbounded();
         let sink = WriterSink {
             writer,
             done: done_tx,
+            wake: Arc::clone(&wake),
             transport: Arc::clone(&transport),
         };
         let mut lp = StoreLoop::new(
@@ -400,25 +465,30 @@ impl Store {
             lp.add_peer(f.meta, f.origin, campaign)?;
         }
         info!(regions = lp.region_count(), "store open");
-        let router = StoreRouter::new(store_id, tx);
+        let router = StoreRouter::with_wake(store_id, tx, Arc::clone(&wake));
         let tick = opts.store.tick_interval;
-        let join = std::thread::Builder::new()
-            .name(format!("basalt-raft-{store_id}"))
-            .spawn(move || {
-                let span = info_span!("store", store_id);
-                let _g = span.enter();
-                run(lp, rx, done_rx, apply, snapshots, tick)
-            })
-            .map_err(|source| EngineError::ThreadSpawn {
-                thread: "raft loop",
-                source,
-            })?;
-        Ok(Store {
+        let (ended_tx, ended_rx) = bounded(1);
+        let driver = StoreDriver {
+            store_id,
+            lp: Some(lp),
+            apply_events: apply.events().clone(),
+            snapshot_events: snapshots.events().clone(),
+            apply: Some(apply),
+            snapshots: Some(snapshots),
+            rx,
+            done_rx,
+            wake,
+            tick,
+            next_tick: Instant::now() + tick,
+            ended: ended_tx,
+        };
+        let store = Store {
             store_id,
             router,
             metrics,
-            join: Some(join),
-        })
+            ending: Some(Ending::Driven(ended_rx)),
+        };
+        Ok((store, driver))
     }
 
     /// The store's id.
@@ -439,10 +509,8 @@ impl Store {
     /// Stops the loop and the workers; the state store writes a final checkpoint.
     pub fn stop(mut self) -> Result<()> {
         self.router.stop();
-        match self.join.take() {
-            Some(j) => j.join().map_err(|_| EngineError::WorkerStopped {
-                worker: "raft loop",
-            })?,
+        match self.ending.take() {
+            Some(e) => e.wait(),
             None => Ok(()),
         }
     }
@@ -450,9 +518,9 @@ impl Store {
     /// Stops the store as a killed process would: no final checkpoint; what survives is the
     /// last checkpoint and the log. For crash-recovery tests.
     pub fn crash(mut self) {
-        let _ = self.router.tx.send(StoreEvent::Halt);
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
+        self.router.halt();
+        if let Some(e) = self.ending.take() {
+            let _ = e.wait();
         }
     }
 
@@ -464,100 +532,190 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Some(j) = self.join.take() {
+        if let Some(e) = self.ending.take() {
             self.router.stop();
-            let _ = j.join();
+            let _ = e.wait();
         }
     }
 }
 
-/// The loop thread: wait for anything (or the next tick), take everything that is ready, then
-/// flush once, so many events share one log write.
-fn run(
-    mut lp: StoreLoop,
+/// What the caller of [`StoreDriver::turn`] does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Turn again when the store's [`LoopWake`] fires, or after this long (the next tick).
+    Wait(Duration),
+    /// The loop has stopped: call [`StoreDriver::finish`] (it may block; not on a runtime).
+    Finished,
+}
+
+/// A store's raft loop, turned by whoever runs it: its own thread ([`Store::open`]) or a task
+/// of the node's network runtime ([`Store::open_driven`]). Each turn takes everything that is
+/// ready (bounded, so ticks stay on time under load), ticks when due, then flushes once, so
+/// many events share one log write. A turn never waits for anything but a full queue of the
+/// log writer or the apply worker (back-pressure). Dropped unfinished, the store halts as a
+/// crash would (no final checkpoint) and [`Store::stop`] reports the loop gone.
+pub struct StoreDriver {
+    store_id: u64,
+    lp: Option<StoreLoop>,
     rx: Receiver<StoreEvent>,
     done_rx: Receiver<StoreEvent>,
-    apply: ApplyWorker,
-    snapshots: SnapshotWorker,
+    apply: Option<ApplyWorker>,
+    snapshots: Option<SnapshotWorker>,
+    apply_events: Receiver<ApplyEvent>,
+    snapshot_events: Receiver<SnapshotEvent>,
+    wake: Arc<LoopWake>,
     tick: Duration,
-) -> Result<()> {
-    let apply_events = apply.events().clone();
-    let snapshot_events = snapshots.events().clone();
-    let mut next_tick = Instant::now() + tick;
-    loop {
-        let timeout = next_tick.saturating_duration_since(Instant::now());
-        select! {
-            recv(done_rx) -> ev => if let Ok(ev) = ev { lp.handle_event(ev) },
-            recv(rx) -> ev => match ev {
-                Ok(ev) => lp.handle_event(ev),
-                Err(_) => lp.handle_event(StoreEvent::Stop),
-            },
-            recv(apply_events) -> ev => if let Ok(ev) = ev { lp.handle_apply_event(ev) },
-            recv(snapshot_events) -> ev => if let Ok(ev) = ev { lp.handle_snapshot_event(ev) },
-            default(timeout) => {},
-        }
-        // Take whatever else is ready, bounded so ticks stay on time under load.
+    next_tick: Instant,
+    ended: Sender<Result<()>>,
+}
+
+impl StoreDriver {
+    /// The store's id.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// The wake every input of the loop fires after it sends; set its hook before the first
+    /// turn.
+    pub fn wake(&self) -> Arc<LoopWake> {
+        Arc::clone(&self.wake)
+    }
+
+    /// One turn of the loop; see [`Turn`].
+    pub fn turn(&mut self) -> Turn {
+        let Some(lp) = self.lp.as_mut() else {
+            return Turn::Finished;
+        };
         for _ in 0..4096 {
             let mut any = false;
-            if let Ok(ev) = done_rx.try_recv() {
+            if let Ok(ev) = self.done_rx.try_recv() {
                 lp.handle_event(ev);
                 any = true;
             }
-            if let Ok(ev) = apply_events.try_recv() {
+            if let Ok(ev) = self.apply_events.try_recv() {
                 lp.handle_apply_event(ev);
                 any = true;
             }
-            if let Ok(ev) = snapshot_events.try_recv() {
+            if let Ok(ev) = self.snapshot_events.try_recv() {
                 lp.handle_snapshot_event(ev);
                 any = true;
             }
-            if let Ok(ev) = rx.try_recv() {
-                lp.handle_event(ev);
-                any = true;
+            match self.rx.try_recv() {
+                Ok(ev) => {
+                    lp.handle_event(ev);
+                    any = true;
+                }
+                Err(TryRecvError::Disconnected) => lp.handle_event(StoreEvent::Stop),
+                Err(TryRecvError::Empty) => {}
             }
             if !any {
                 break;
             }
         }
         let now = Instant::now();
-        if now >= next_tick {
+        if now >= self.next_tick {
             lp.handle_tick();
-            next_tick += tick;
-            if next_tick < now {
-                next_tick = now + tick;
+            self.next_tick += self.tick;
+            if self.next_tick < now {
+                self.next_tick = now + self.tick;
             }
         }
+        if lp.is_halted() {
+            return Turn::Finished;
+        }
+        lp.flush();
+        if lp.is_stopping() {
+            return Turn::Finished;
+        }
+        Turn::Wait(self.next_tick.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs the loop on the calling thread until it stops, blocking on its inputs in between.
+    fn run(mut self) -> Result<()> {
+        while let Turn::Wait(timeout) = self.turn() {
+            self.wait(timeout);
+        }
+        self.end()
+    }
+
+    /// Waits for any input (or `timeout`) and handles the one that arrived; the next turn
+    /// takes whatever else is ready.
+    fn wait(&mut self, timeout: Duration) {
+        let Some(lp) = self.lp.as_mut() else {
+            return;
+        };
+        select! {
+            recv(self.done_rx) -> ev => if let Ok(ev) = ev { lp.handle_event(ev) },
+            recv(self.rx) -> ev => match ev {
+                Ok(ev) => lp.handle_event(ev),
+                Err(_) => lp.handle_event(StoreEvent::Stop),
+            },
+            recv(self.apply_events) -> ev => if let Ok(ev) = ev { lp.handle_apply_event(ev) },
+            recv(self.snapshot_events) -> ev => if let Ok(ev) = ev { lp.handle_snapshot_event(ev) },
+            default(timeout) => {},
+        }
+    }
+
+    /// Ends the loop once [`StoreDriver::turn`] said [`Turn::Finished`]: lets the log finish
+    /// what is in flight (so acknowledged Readies are durable and answered), stops the workers
+    /// (a final checkpoint, unless the store halted) and reports to [`Store::stop`]. Blocks
+    /// for as long as that takes: call it from a thread that may block.
+    pub fn finish(mut self) {
+        let r = self.end_inner();
+        let _ = self.ended.send(r);
+    }
+
+    /// [`StoreDriver::finish`] for the loop's own thread: the outcome is the thread's.
+    fn end(mut self) -> Result<()> {
+        self.end_inner()
+    }
+
+    fn end_inner(&mut self) -> Result<()> {
+        let Some(mut lp) = self.lp.take() else {
+            return Ok(());
+        };
+        let (Some(apply), Some(snapshots)) = (self.apply.take(), self.snapshots.take()) else {
+            return Ok(());
+        };
         if lp.is_halted() {
             drop(snapshots);
             apply.halt();
             return Ok(());
         }
-        lp.flush();
-        if lp.is_stopping() {
-            break;
+        // Let the log finish what is in flight, so acknowledged Readies are durable and answered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lp.is_idle() && Instant::now() < deadline && lp.failure().is_none() {
+            if let Ok(ev) = self.done_rx.recv_timeout(Duration::from_millis(50)) {
+                lp.handle_event(ev);
+            }
+            while let Ok(ev) = self.apply_events.try_recv() {
+                lp.handle_apply_event(ev);
+            }
+            lp.flush();
+        }
+        lp.fail_all_pending();
+        drop(snapshots);
+        // Drain events while the apply worker finishes its queue and the final checkpoint.
+        let stopper = std::thread::spawn(move || apply.stop());
+        while !stopper.is_finished() {
+            let _ = self.apply_events.recv_timeout(Duration::from_millis(20));
+        }
+        let r = stopper
+            .join()
+            .map_err(|_| EngineError::WorkerStopped { worker: "apply" })?;
+        drop(lp);
+        r.map(|_| ())
+    }
+}
+
+impl Drop for StoreDriver {
+    fn drop(&mut self) {
+        // Dropped unfinished (its runtime went away): halt as a crash would.
+        if let Some(snapshots) = self.snapshots.take() {
+            drop(snapshots);
+        }
+        if let Some(apply) = self.apply.take() {
+            apply.halt();
         }
     }
-    // Let the log finish what is in flight, so acknowledged Readies are durable and answered.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lp.is_idle() && Instant::now() < deadline && lp.failure().is_none() {
-        if let Ok(ev) = done_rx.recv_timeout(Duration::from_millis(50)) {
-            lp.handle_event(ev);
-        }
-        while let Ok(ev) = apply_events.try_recv() {
-            lp.handle_apply_event(ev);
-        }
-        lp.flush();
-    }
-    lp.fail_all_pending();
-    drop(snapshots);
-    // Drain events while the apply worker finishes its queue and the final checkpoint.
-    let stopper = std::thread::spawn(move || apply.stop());
-    while !stopper.is_finished() {
-        let _ = apply_events.recv_timeout(Duration::from_millis(20));
-    }
-    let r = stopper
-        .join()
-        .map_err(|_| EngineError::WorkerStopped { worker: "apply" })?;
-    drop(lp);
-    r.map(|_| ())
 }

@@ -156,19 +156,25 @@ impl Node {
         let cluster_id = cluster_id_of(cfg);
         let mut stores = Vec::new();
         let mut routers = BTreeMap::new();
+        // With one network thread, each store's loop runs on it (see `NodeTransport::drive_store`).
+        let driven = cfg.limits.net_threads == 1;
         for s in &cfg.stores {
             prepare_device(s, cluster_id)?;
             let transport = Arc::new(net.transport());
-            let store =
-                Store::open(store_options(cfg, s), transport, &regions).map_err(|source| {
-                    NodeError::Store {
-                        store_id: s.store_id,
-                        device: s.device.display().to_string(),
-                        source,
-                    }
-                })?;
+            let opened = if driven {
+                Store::open_driven(store_options(cfg, s), transport, &regions)
+                    .map(|(store, driver)| (store, Some(driver)))
+            } else {
+                Store::open(store_options(cfg, s), transport, &regions).map(|store| (store, None))
+            };
+            let (store, driver) = opened.map_err(|source| NodeError::Store {
+                store_id: s.store_id,
+                device: s.device.display().to_string(),
+                source,
+            })?;
             if store.store_id() != s.store_id {
                 let found = store.store_id();
+                drop(driver);
                 let _ = store.stop();
                 return Err(NodeError::WrongStore {
                     device: s.device.display().to_string(),
@@ -177,6 +183,9 @@ impl Node {
                 });
             }
             net.register_store(store.store_id(), store.router());
+            if let Some(driver) = driver {
+                net.drive_store(driver);
+            }
             routers.insert(store.store_id(), store.router());
             stores.push(store);
         }

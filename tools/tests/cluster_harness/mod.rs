@@ -38,8 +38,21 @@ pub fn make_certs(dir: &Path, nodes: usize) {
 }
 
 /// The config text of node `i` (1-based) of `n`, the first `bootstrap` of them forming the
-/// initial regions.
+/// initial regions. One network thread per node, as `basalt demo` has on a 2-core machine:
+/// each store's loop runs on it (`NodeTransport::drive_store`).
 pub fn config_text(i: usize, ports: &[u16], bootstrap: usize, tick_ms: u64) -> String {
+    config_text_threads(i, ports, bootstrap, tick_ms, 1)
+}
+
+/// [`config_text`] with `net_threads` network threads per node; with more than one, each
+/// store's loop has a thread of its own.
+pub fn config_text_threads(
+    i: usize,
+    ports: &[u16],
+    bootstrap: usize,
+    tick_ms: u64,
+    net_threads: usize,
+) -> String {
     let addr = |j: usize| SocketAddr::from(([127, 0, 0, 1], ports[j - 1]));
     NodeConfigBuilder::new(i as u64, addr(i), format!("node{i}.img"))
         .metrics_addr(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
@@ -51,7 +64,7 @@ pub fn config_text(i: usize, ports: &[u16], bootstrap: usize, tick_ms: u64) -> S
             bootstrap: j <= bootstrap,
         }))
         .raft_timing(Duration::from_millis(tick_ms), 10, 2)
-        .colocated(ports.len())
+        .net_threads(net_threads)
         .to_toml()
         .expect("config text")
 }
@@ -68,6 +81,11 @@ pub struct QuicCluster {
 
 impl QuicCluster {
     pub fn start(n: usize, bootstrap: usize) -> QuicCluster {
+        QuicCluster::start_with_net_threads(n, bootstrap, 1)
+    }
+
+    /// [`QuicCluster::start`] with `net_threads` network threads per node.
+    pub fn start_with_net_threads(n: usize, bootstrap: usize, net_threads: usize) -> QuicCluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("BASALT_LOG"))
             .with_test_writer()
@@ -77,8 +95,8 @@ impl QuicCluster {
         let ports = free_ports(n);
         let cfgs: Vec<Config> = (1..=n)
             .map(|i| {
-                Config::from_toml_str(&config_text(i, &ports, bootstrap, 20), dir.path())
-                    .expect("config")
+                let text = config_text_threads(i, &ports, bootstrap, 20, net_threads);
+                Config::from_toml_str(&text, dir.path()).expect("config")
             })
             .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()

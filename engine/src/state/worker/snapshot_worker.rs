@@ -18,6 +18,7 @@ use crate::state::snapshot::{
     Chunk, SnapshotBuilder, SnapshotError, SnapshotMeta, CHUNK_BYTES_MIN,
 };
 use crate::state::{CheckpointInfo, FrozenRegion, RegionState};
+use crate::store::LoopWake;
 
 /// Options of the [`SnapshotWorker`].
 #[derive(Clone, Debug)]
@@ -283,6 +284,17 @@ impl SnapshotWorker {
         apply: Sender<ApplyRequest>,
         pacer: Option<Arc<dyn BuildPacer>>,
     ) -> Result<SnapshotWorker> {
+        SnapshotWorker::spawn_waking(config, apply, pacer, LoopWake::new())
+    }
+
+    /// [`SnapshotWorker::spawn`], waking `wake` after every event (for a store loop driven as
+    /// a task, see [`LoopWake`]).
+    pub fn spawn_waking(
+        config: SnapshotConfig,
+        apply: Sender<ApplyRequest>,
+        pacer: Option<Arc<dyn BuildPacer>>,
+        wake: Arc<LoopWake>,
+    ) -> Result<SnapshotWorker> {
         config.validate()?;
         let (tx, rx) = bounded(config.queue_len_max);
         let (ev_tx, events) = bounded(config.queue_len_max);
@@ -292,6 +304,7 @@ impl SnapshotWorker {
             apply,
             pacer,
             events: ev_tx,
+            wake,
             published: Arc::clone(&published),
             next_snapshot_id: 1,
         };
@@ -337,11 +350,18 @@ struct SnapshotLoop {
     apply: Sender<ApplyRequest>,
     pacer: Option<Arc<dyn BuildPacer>>,
     events: Sender<SnapshotEvent>,
+    /// Woken after every event.
+    wake: Arc<LoopWake>,
     published: Arc<Mutex<Published>>,
     next_snapshot_id: u64,
 }
 
 impl SnapshotLoop {
+    fn emit(&self, ev: SnapshotEvent) {
+        let _ = self.events.send(ev);
+        self.wake.wake();
+    }
+
     fn run(mut self, rx: Receiver<SnapshotRequest>) {
         let span = tracing::info_span!("snapshot_worker");
         let _entered = span.enter();
@@ -375,7 +395,7 @@ impl SnapshotLoop {
             }
         };
         drop(p);
-        let _ = self.events.send(ev);
+        self.emit(ev);
     }
 
     fn freeze(&self, region_id: u64) -> std::result::Result<FrozenRegion, SnapshotError> {
@@ -445,7 +465,7 @@ impl SnapshotLoop {
                 SnapshotEvent::InstallFailed { meta, error }
             }
         };
-        let _ = self.events.send(ev);
+        self.emit(ev);
     }
 
     fn install_chunks(
@@ -461,7 +481,7 @@ impl SnapshotLoop {
                 Err(error) if !error.is_fatal() => {
                     // Refused, place kept: the sender resumes after `next_chunk_no - 1` and
                     // pushes the chunks again into the same stream.
-                    let _ = self.events.send(SnapshotEvent::ChunkRefused {
+                    self.emit(SnapshotEvent::ChunkRefused {
                         meta,
                         next_chunk_no,
                         error,
