@@ -96,9 +96,14 @@ pub fn summary_len(summary: Option<&[RegionSpan]>) -> usize {
 /// Appends the spans of a summary.
 pub fn put_summary(out: &mut impl ByteSink, summary: Option<&[RegionSpan]>) {
     for s in summary.unwrap_or(&[]) {
-        for v in [s.region_id, s.first_index, s.last_index] {
-            out.put(&v.to_le_bytes());
+        let mut span = [0u8; SPAN_LEN];
+        for (i, v) in [s.region_id, s.first_index, s.last_index]
+            .into_iter()
+            .enumerate()
+        {
+            span[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
         }
+        out.put(&span);
     }
 }
 
