@@ -338,7 +338,11 @@ impl LoopDevice {
             println!("SKIPPED: loop device tests need root");
             return None;
         }
-        let name = format!("loop-{}-{size}-{sector_size}.img", std::process::id());
+        // Tests run in parallel threads and some attach the same geometry: each attachment
+        // gets a backing file of its own (a shared one showed one test's writes to the other).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("loop-{}-{n}-{size}-{sector_size}.img", std::process::id());
         let backing = scratch_dir().join(name);
         std::fs::File::create(&backing)
             .unwrap()
