@@ -215,7 +215,9 @@ pub struct LimitsConfig {
     pub snapshot_chunk_bytes: u64,
     /// `net-threads`: threads of the node's network runtime (QUIC, client requests). 1..=64.
     /// Default 2. Nodes sharing a small machine (the demo, a local test cluster) do better with
-    /// 1: fewer threads to wake per message, less time switching between them.
+    /// 1: fewer threads to wake per message, less time switching between them. With 1, each
+    /// store's raft loop runs on that thread as well (`NodeTransport::drive_store`); with more,
+    /// each store's loop has a thread of its own.
     pub net_threads: usize,
 }
 
