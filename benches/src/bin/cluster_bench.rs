@@ -266,7 +266,12 @@ struct Target {
 }
 
 impl Cluster {
-    fn start(dir: Option<&Path>, read_mode: &str, net_threads: Option<usize>) -> Cluster {
+    fn start(
+        dir: Option<&Path>,
+        read_mode: &str,
+        net_threads: Option<usize>,
+        client_threads: usize,
+    ) -> Cluster {
         let dir = WorkDir::new(dir);
         make_certs(&dir.path.join("certs"));
         let ports = free_ports(NODES);
@@ -276,11 +281,16 @@ impl Cluster {
                     .expect("config")
             })
             .collect();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = match client_threads {
+            0 => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+        }
+        .expect("runtime");
         let tls = ClientTlsConfig::from_dir(&dir.path.join("certs"), "bench").expect("tls");
         let nodes = cfgs
             .iter()
@@ -592,6 +602,10 @@ struct LatencyOptions {
     /// between the three nodes, see `NodeConfigBuilder::colocated`).
     #[arg(long)]
     net_threads: Option<usize>,
+    /// Worker threads of the client's tokio runtime; 0: a current-thread runtime (the
+    /// benchmark's own thread drives the client's connections).
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
 }
 
 fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
@@ -603,10 +617,11 @@ fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
         value_bytes,
         ref read_mode,
         net_threads,
+        client_threads,
     } = *o;
     let read_mode = read_mode.as_str();
     let t_start = Instant::now();
-    let mut c = Cluster::start(dir, read_mode, net_threads);
+    let mut c = Cluster::start(dir, read_mode, net_threads, client_threads);
     let (t, _) = c.leader(Duration::from_secs(30)).expect("a leader");
     let startup = t_start.elapsed();
     let value = Bytes::from(vec![b'v'; value_bytes]);
@@ -672,6 +687,7 @@ fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
         "value_bytes": value_bytes,
         "read_mode": read_mode,
         "net_threads": net_threads.unwrap_or_else(|| colocated_net_threads(NODES)),
+        "client_threads": client_threads,
         "startup_to_leader_ms": ms(startup),
         "warmup_puts": warm,
         "stages_1_in_flight": stages,
@@ -748,7 +764,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_failover(dir: Option<&Path>, rounds: usize) -> Value {
-    let mut c = Cluster::start(dir, "read-index", None);
+    let mut c = Cluster::start(dir, "read-index", None, 2);
     let election_timeout = c.cfgs[0].raft.tick_interval * c.cfgs[0].raft.election_ticks;
     let (t, _) = c.leader(Duration::from_secs(30)).expect("a leader");
     let value = Bytes::from(vec![b'v'; 256]);
