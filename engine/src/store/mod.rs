@@ -20,8 +20,10 @@
 //!   with one network thread (three nodes colocated on a 2-core machine, `basalt demo`) uses
 //!   the second: a message or request reaches the loop, and the loop's messages reach the
 //!   network, without a thread switch, and every input wakes the task through [`LoopWake`].
-//!   Against the loop on its own thread beside a one-worker network runtime, one put in flight
-//!   went from 0.82–0.91 to 0.67–0.77 ms p50 (`cluster_bench latency`, alternating runs).
+//!   Against the loop on its own thread beside a one-worker network runtime (`cluster_bench
+//!   latency`, 6 alternating pairs on the 2-vCPU machine, medians): 64 puts in flight 21.5k →
+//!   27.2k/s; one put in flight 0.86 → 0.81 ms p50 (that one is bound by the three nodes'
+//!   synced writes sharing one disk and by QUIC's round trips, see `benches/src/bin/floor_bench.rs`).
 //! - **Admin entries take effect when they are handed to the apply worker**, not when the worker
 //!   reports them applied: the loop owns the `RawNode`s and the region metadata, and the worker
 //!   applies requests in the order the loop sends them, so a request the loop checks after a
