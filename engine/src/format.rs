@@ -5,6 +5,7 @@
 //! there destroys data.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::{EngineError, Result};
@@ -344,6 +345,8 @@ impl LogStore {
             geometry: Geometry::log_of(&sb),
             device: Mutex::new(dev),
             index: RwLock::new(rec.index),
+            deferred: Mutex::new(Vec::new()),
+            has_deferred: AtomicBool::new(false),
         });
         let pos: WritePos = rec.pos;
         Ok((LogStore::from_parts(shared, config, sb, pos), report))

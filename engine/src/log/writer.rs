@@ -26,6 +26,12 @@
 //! --entries-per-write=64` (3 alternating pairs of 3 s on a file) user CPU per write went from
 //! 60-79 to 46-55 us.
 //!
+//! A durable batch is acknowledged before its records go into the index: they are put in when
+//! the writer next waits for the device, or by the first reader before that (see
+//! `Shared::defer`), so an appender waiting on each append no longer waits for the index work
+//! too. With 64 x 4 KiB entries per write over 100 regions (`basalt-bench --target=log`, 3
+//! alternating pairs of 3 s on a file) that took writes/s from 2,605-2,847 to 2,928-3,416.
+//!
 //! Per-record work between two writes is kept small: the batch's records are the first append's
 //! vector (no copy, sized once), entry spans are one flat vector (not one per record), the gap
 //! check updates the projected last indexes in place (undone if the append is refused) instead
@@ -70,7 +76,7 @@ use super::record::{
     put_batch_header, put_summary, summarize, summary_len, ByteSink, Record, RegionSpan,
     BATCH_FLAG_CHECKPOINT, BATCH_FLAG_PIPELINED, BATCH_HEADER_LEN, ENTRY_HEADER_LEN,
 };
-use super::{LogBatch, LogConfig, RegionLog, SharedRef};
+use super::{DeferredBatch, LogBatch, LogConfig, RegionLog, SharedRef};
 use crate::error::{EngineError, Result};
 use crate::io::{AlignedBuf, Completion, IoError, IoKind, IoOp};
 use crate::layout::block::{payload_capacity, seal, BLOCK_HEADER_LEN};
@@ -302,10 +308,12 @@ impl LogStore {
     }
 
     fn check_refused(&self, records: &[Record]) -> Result<()> {
-        let ix = self.shared.index();
-        if !ix.any_refused() {
+        // Deferred batches cannot refuse a region (only recovery does): no need to apply them
+        // just to learn that none is.
+        if !self.shared.index_without_deferred().any_refused() {
             return Ok(());
         }
+        let ix = self.shared.index();
         for r in records {
             if let Some(f) = ix.refusal(r.region_id()) {
                 return Err(super::region_log::refused_error(r.region_id(), f));
@@ -451,6 +459,10 @@ impl LogStore {
                 break;
             }
             let block = wait && self.acks.is_empty();
+            if block {
+                // About to wait for the device: earlier batches' records go into the index now.
+                self.shared.apply_deferred();
+            }
             {
                 let mut dev = self.shared.device();
                 completions.append(&mut dev.stash);
@@ -980,20 +992,16 @@ impl LogStore {
 
     fn batch_durable(&mut self, b: BatchInFlight) {
         let bs = self.shared.geometry.block_size as u64;
-        {
-            let mut ix = self.shared.index_mut();
-            ix.note_batch(b.at, self.pos.prev_checksum, b.blocks as u64 * bs);
-            let mut spans = b.spans.as_slice();
-            for r in b.records {
-                let n = match &r {
-                    Record::Entries { entries, .. } => entries.len(),
-                    _ => 0,
-                };
-                let (these, rest) = spans.split_at(n);
-                spans = rest;
-                ix.apply_owned(r, these, b.at, true);
-            }
-        }
+        self.shared
+            .index_mut()
+            .note_batch(b.at, self.pos.prev_checksum, b.blocks as u64 * bs);
+        // The records go into the index when the writer next waits for the device (see
+        // `Shared::defer`).
+        self.shared.defer(DeferredBatch {
+            records: b.records,
+            spans: b.spans,
+            at: b.at,
+        });
         self.pos.offset += b.blocks as u64 * bs;
         self.pos.sequence += 1;
         self.pos.prev_checksum = b.checksum;
@@ -1011,13 +1019,20 @@ impl LogStore {
                 result: Ok(()),
             });
         }
+        if b.flags & BATCH_FLAG_CHECKPOINT != 0 {
+            // A checkpoint's restated states are what frees the tail: in the index now, or
+            // `free_segments` would queue another checkpoint instead.
+            self.shared.apply_deferred();
+        }
         self.free_segments();
     }
 
     /// Frees dead segments at the tail; queues a checkpoint batch when only restatable states
     /// pin the tail, and a superblock write when the tail moved.
     fn free_segments(&mut self) {
-        let mut ix = self.shared.index_mut();
+        // Right after a batch is durable: its records may still be deferred (see
+        // `Shared::index_mut_without_deferred` for why that is safe here).
+        let mut ix = self.shared.index_mut_without_deferred();
         let mut moved = false;
         while ix.segments.tail() != ix.segments.head() && ix.segment_is_dead(ix.segments.tail()) {
             ix.segments.free_tail();
