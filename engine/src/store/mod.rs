@@ -23,7 +23,8 @@
 //!   Against the loop on its own thread beside a one-worker network runtime (`cluster_bench
 //!   latency`, 6 alternating pairs on the 2-vCPU machine, medians): 64 puts in flight 21.5k →
 //!   27.2k/s; one put in flight 0.86 → 0.81 ms p50 (that one is bound by the three nodes'
-//!   synced writes sharing one disk and by QUIC's round trips, see `benches/src/bin/floor_bench.rs`).
+//!   synced writes sharing one disk and by QUIC's round trips, see
+//!   `benches/src/bin/floor_bench.rs`).
 //! - **Admin entries take effect when they are handed to the apply worker**, not when the worker
 //!   reports them applied: the loop owns the `RawNode`s and the region metadata, and the worker
 //!   applies requests in the order the loop sends them, so a request the loop checks after a
