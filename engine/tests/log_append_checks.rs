@@ -18,6 +18,15 @@ fn entries(first: u64, n: u64) -> Vec<Entry> {
         .collect()
 }
 
+/// A batch with entries 1 and 2 of each of regions `1..=regions`.
+fn first_two_of_each(regions: u64) -> LogBatch {
+    let mut b = LogBatch::new();
+    for region in 1..=regions {
+        b.add_entries(region, entries(1, 2));
+    }
+    b
+}
+
 #[test]
 fn a_refused_batch_projects_nothing() {
     let sim = sim_store(7, 4096, 64 * 1024, 8);
@@ -46,10 +55,7 @@ fn a_refused_batch_projects_nothing() {
 fn repeated_and_many_regions_are_checked_in_order() {
     let sim = sim_store(8, 4096, 64 * 1024, 8);
     let (mut store, _) = open(&sim, 1 << 20);
-    let mut b = LogBatch::new();
-    for region in 1..=100 {
-        b.add_entries(region, entries(1, 2));
-    }
+    let mut b = first_two_of_each(100);
     b.add_entries(7, entries(3, 2)); // continues region 7 within the batch
     store.write_sync(b).expect("write");
     let mut gap = LogBatch::new();
@@ -72,11 +78,7 @@ fn repeated_and_many_regions_are_checked_in_order() {
 fn acknowledged_batches_are_readable_at_once_and_in_order() {
     let sim = sim_store(9, 4096, 64 * 1024, 8);
     let (mut store, _) = open(&sim, 1 << 20);
-    let mut a = LogBatch::new();
-    for region in 1..=100 {
-        a.add_entries(region, entries(1, 2));
-    }
-    store.write_sync(a).expect("write a");
+    store.write_sync(first_two_of_each(100)).expect("write a");
     // Nothing has polled since the acknowledgement: the read itself must bring the index up.
     let log = store.region_log(42);
     assert_eq!(log.last_index().expect("last"), 2);
