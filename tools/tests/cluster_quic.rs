@@ -3,7 +3,8 @@
 //! write, and a killed node restarts and catches up from its log; five nodes take a learner by
 //! snapshot, promote it, remove a peer, move leadership and split a region; a peer or client
 //! whose certificate another CA signed is refused. The three-node case runs twice: with each
-//! store's loop on its node's one network thread, and on a thread of its own.
+//! store's loop on its node's one network thread, and on a thread of its own. A store file
+//! created too small for the state store is refused with the size that would do, and removed.
 
 mod cluster_harness;
 
@@ -275,4 +276,42 @@ fn peers_and_clients_with_another_ca_are_refused() {
     assert_eq!(c.get(b"k1").as_deref(), Some(&b"v1"[..]));
     rogue_node.stop().expect("rogue stops");
     c.stop_all();
+}
+
+#[test]
+fn a_store_file_too_small_for_the_state_store_is_refused_and_removed() {
+    use std::net::SocketAddr;
+    use tools::config::{ClusterMember, Config, NodeConfigBuilder};
+    use tools::node::{Node, NodeError};
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    make_certs(&dir.path().join("certs"), 1);
+    let addr = SocketAddr::from(([127, 0, 0, 1], cluster_harness::free_ports(1)[0]));
+    let text = NodeConfigBuilder::new(1, addr, "node1.img")
+        .create_size_bytes(256 << 20) // 3 segments of 64 MiB: all of them the log's
+        .members([ClusterMember {
+            store_id: 1,
+            node_id: None,
+            addr,
+            bootstrap: true,
+        }])
+        .to_toml()
+        .expect("config text");
+    let cfg = Config::from_toml_str(&text, dir.path()).expect("config");
+    match Node::start(&cfg) {
+        Err(NodeError::StoreFileTooSmall {
+            state_segments,
+            min_segments,
+            min_mib,
+            ..
+        }) => {
+            assert_eq!((state_segments, min_segments), (0, 3));
+            assert!((320..=330).contains(&min_mib), "{min_mib} MiB");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a 256 MiB store file was accepted"),
+    }
+    assert!(
+        !dir.path().join("node1.img").exists(),
+        "the refused file is removed, so a retry with a larger create-size formats afresh"
+    );
 }

@@ -48,7 +48,7 @@ pub struct DemoOptions {
     pub keep: bool,
     /// Use this directory (must be empty or absent) instead of a temporary one; it is kept.
     pub dir: Option<PathBuf>,
-    /// Size of each node's sparse store file.
+    /// Size of each node's store file (zero-filled when created; a store needs about 330 MiB).
     pub device_bytes: u64,
 }
 
@@ -114,6 +114,10 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let mut cluster = match LocalCluster::create(&spec) {
         Ok(c) => c,
         Err(e) => {
+            if temporary {
+                // The error names a node's log, which is about to go with the directory.
+                print_log_tails(&dir);
+            }
             remove_dir(&dir, temporary);
             return Err(e);
         }
@@ -125,6 +129,19 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         }
     });
     finish(cluster, outcome, opts, &steps, temporary)
+}
+
+/// Prints the last lines of every node log in `dir`.
+fn print_log_tails(dir: &std::path::Path) {
+    for i in 1..=NODES {
+        let path = dir.join(format!("node{i}.log"));
+        if path.exists() {
+            eprintln!(
+                "---- last lines of node{i}.log ----\n{}",
+                cluster::file_tail(&path, 15)
+            );
+        }
+    }
 }
 
 /// The demo was stopped by SIGINT or SIGTERM.

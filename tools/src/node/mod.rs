@@ -48,6 +48,23 @@ pub enum NodeError {
         /// The superblock's.
         found: u64,
     },
+    /// A store file created at `create-size` would leave the state store too few segments.
+    #[error(
+        "{device}: create-size {size_bytes} bytes leaves the state store {state_segments} \
+         segments, it needs at least {min_segments}; use at least {min_mib} MiB"
+    )]
+    StoreFileTooSmall {
+        /// The device file (removed again).
+        device: String,
+        /// The `create-size` asked for.
+        size_bytes: u64,
+        /// Segments the state store got.
+        state_segments: u32,
+        /// Segments it needs.
+        min_segments: u32,
+        /// The smallest `create-size` that works with the same segment size, in MiB.
+        min_mib: u64,
+    },
     /// The metrics endpoint.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -122,9 +139,35 @@ fn prepare_device(s: &config::StoreConfig, cluster_id: u128) -> Result<(), NodeE
     let mut f = FormatOptions::new(s.device.display().to_string());
     f.store_id = Some(s.store_id);
     f.cluster_id = Some(cluster_id);
-    format(io.as_mut(), &f).map_err(err)?;
+    let sb = format(io.as_mut(), &f).map_err(err)?;
+    check_state_room(s, size, &sb)?;
     info!(store_id = s.store_id, device = %s.device.display(), size, "created and formatted the device");
     Ok(())
+}
+
+/// Refuses (and removes) a store file just created too small for the state store: formatting
+/// accepts it (a device for the log alone is valid), but the store would only fail to open.
+fn check_state_room(
+    s: &config::StoreConfig,
+    size: u64,
+    sb: &engine::layout::superblock::Superblock,
+) -> Result<(), NodeError> {
+    let min_segments = engine::state::store::STATE_SEGMENT_COUNT_MIN;
+    let state_segments = sb.segment_count - sb.log_segment_count;
+    if state_segments >= min_segments {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&s.device);
+    // The log keeps its minimum of segments; the state store needs its own beside them.
+    let segments = engine::layout::SEGMENT_COUNT_MIN + u64::from(min_segments);
+    let min_bytes = sb.data_start_offset + segments * sb.segment_size_bytes;
+    Err(NodeError::StoreFileTooSmall {
+        device: s.device.display().to_string(),
+        size_bytes: size,
+        state_segments,
+        min_segments,
+        min_mib: min_bytes.div_ceil(1 << 20),
+    })
 }
 
 /// The cluster id new file devices are formatted with: derived from the initial cluster, so
