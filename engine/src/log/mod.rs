@@ -280,11 +280,7 @@ impl Shared {
         for b in batches {
             let mut spans = b.spans.as_slice();
             for r in b.records {
-                let n = match &r {
-                    record::Record::Entries { entries, .. } => entries.len(),
-                    _ => 0,
-                };
-                let (these, rest) = spans.split_at(n);
+                let (these, rest) = spans.split_at(r.entry_count());
                 spans = rest;
                 ix.apply_owned(r, these, b.at, true);
             }

@@ -194,6 +194,14 @@ impl Record {
         }
     }
 
+    /// The entries the record carries (0 for all but an entries record).
+    pub fn entry_count(&self) -> usize {
+        match self {
+            Record::Entries { entries, .. } => entries.len(),
+            _ => 0,
+        }
+    }
+
     /// Encoded size of the record, header included.
     pub fn encoded_len(&self) -> usize {
         RECORD_HEADER_LEN + self.body_len()

@@ -771,10 +771,7 @@ impl LogStore {
         let entry_count = group
             .iter()
             .flat_map(|p| &p.records)
-            .map(|r| match r {
-                Record::Entries { entries, .. } => entries.len(),
-                _ => 0,
-            })
+            .map(Record::entry_count)
             .sum::<usize>();
         let mut records: Vec<Record> = Vec::new();
         let mut spans = Vec::with_capacity(entry_count);

@@ -635,6 +635,7 @@ impl StoreDriver {
         while let Turn::Wait(timeout) = self.turn() {
             self.wait(timeout);
         }
+        // On its own thread, the outcome is the thread's (nobody waits on `ended`).
         self.end()
     }
 
@@ -661,16 +662,12 @@ impl StoreDriver {
     /// (a final checkpoint, unless the store halted) and reports to [`Store::stop`]. Blocks
     /// for as long as that takes: call it from a thread that may block.
     pub fn finish(mut self) {
-        let r = self.end_inner();
+        let r = self.end();
         let _ = self.ended.send(r);
     }
 
-    /// [`StoreDriver::finish`] for the loop's own thread: the outcome is the thread's.
-    fn end(mut self) -> Result<()> {
-        self.end_inner()
-    }
-
-    fn end_inner(&mut self) -> Result<()> {
+    /// What [`StoreDriver::finish`] does, returning the outcome.
+    fn end(&mut self) -> Result<()> {
         let Some(mut lp) = self.lp.take() else {
             return Ok(());
         };
@@ -710,10 +707,9 @@ impl StoreDriver {
 
 impl Drop for StoreDriver {
     fn drop(&mut self) {
-        // Dropped unfinished (its runtime went away): halt as a crash would.
-        if let Some(snapshots) = self.snapshots.take() {
-            drop(snapshots);
-        }
+        // Dropped unfinished (its runtime went away): halt as a crash would, the snapshot
+        // worker first (it sends to the apply worker).
+        drop(self.snapshots.take());
         if let Some(apply) = self.apply.take() {
             apply.halt();
         }
