@@ -352,13 +352,31 @@ impl NodeTransport {
         let hook = Arc::clone(&notify);
         driver.wake().set(Box::new(move || hook.notify_one()));
         let span = tracing::info_span!("store", store_id = driver.store_id());
+        let _entered = self.inner.handle.enter();
+        let log_fd = driver.take_log_completion_fd().and_then(|fd| {
+            // SAFETY: the `File` owns the descriptor, keeps it open until the `AsyncFd` drops
+            // it, and always returns that same descriptor from `as_raw_fd`.
+            let watched = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    std::fs::File::from(fd),
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            watched
+                .map_err(|e| warn!(error = %e, "log completions unwatched; seen on ticks only"))
+                .ok()
+        });
         self.inner.handle.spawn(
             async move {
                 while let Turn::Wait(timeout) = driver.turn() {
                     if timeout.is_zero() {
                         tokio::task::yield_now().await;
                     } else {
-                        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+                        tokio::select! {
+                            _ = notify.notified() => {}
+                            _ = tokio::time::sleep(timeout) => {}
+                            _ = log_completion(log_fd.as_ref()) => {}
+                        }
                     }
                 }
                 let name = format!("basalt-stop-{}", driver.store_id());
@@ -412,6 +430,22 @@ impl NodeTransport {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// Waits until the log device posted a completion (see
+/// [`StoreDriver::take_log_completion_fd`]) and resets its eventfd; never returns without one.
+async fn log_completion(fd: Option<&tokio::io::unix::AsyncFd<std::fs::File>>) {
+    use std::io::Read;
+    let Some(fd) = fd else {
+        return std::future::pending().await;
+    };
+    let Ok(mut ready) = fd.readable().await else {
+        return std::future::pending().await;
+    };
+    let mut counter = [0u8; 8];
+    // Nonblocking: `WouldBlock` only means another read already reset it.
+    let _ = fd.get_ref().read(&mut counter);
+    ready.clear_ready();
 }
 
 /// Starts the thread that drives a current-thread runtime until the transport stops; on the

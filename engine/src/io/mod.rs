@@ -195,6 +195,15 @@ pub trait Io: Send {
     fn waker(&mut self) -> Result<Option<IoWaker>, IoError> {
         Ok(None)
     }
+    /// An eventfd the kernel signals each time it posts a completion, for an owner that waits
+    /// for the device in its own poller (an async runtime's reactor) instead of in a blocking
+    /// [`Io::reap`]: once it is readable, read it (which resets it), then `reap(…, 0)`. Reading
+    /// before reaping never loses a wake-up: a completion posted after the read signals again.
+    /// The caller owns the returned descriptor (a duplicate of the backend's). `None` for
+    /// backends that complete each operation inline (`sync` and `sim`).
+    fn completion_fd(&mut self) -> Result<Option<std::os::fd::OwnedFd>, IoError> {
+        Ok(None)
+    }
 }
 
 /// Ends a blocking [`Io::reap`] of the backend that made it (see [`Io::waker`]). Cloneable and

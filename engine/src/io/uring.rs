@@ -119,6 +119,8 @@ pub struct UringIo {
     latched: bool,
     /// Set once [`Io::waker`] was called.
     wake: Option<WakeRead>,
+    /// Set once [`Io::completion_fd`] was called: the eventfd registered with the ring.
+    completion_efd: Option<nix::sys::eventfd::EventFd>,
 }
 
 /// The eventfd of a waker and the ring's read on it.
@@ -170,6 +172,7 @@ impl UringIo {
             queue_depth,
             latched: false,
             wake: None,
+            completion_efd: None,
         })
     }
 
@@ -625,6 +628,36 @@ impl Io for UringIo {
             woken: false,
         });
         Ok(Some(super::IoWaker::new(fd)))
+    }
+
+    fn completion_fd(&mut self) -> Result<Option<std::os::fd::OwnedFd>, IoError> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use std::os::fd::AsFd;
+        let os = |op: &'static str| {
+            move |source: std::io::Error| IoError::Os {
+                op,
+                offset: 0,
+                source,
+            }
+        };
+        if self.completion_efd.is_none() {
+            let fd =
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                    .map_err(|e| os("eventfd")(e.into()))?;
+            self.ring
+                .submitter()
+                .register_eventfd(fd.as_raw_fd())
+                .map_err(os("io_uring register eventfd"))?;
+            self.completion_efd = Some(fd);
+        }
+        match &self.completion_efd {
+            Some(fd) => fd
+                .as_fd()
+                .try_clone_to_owned()
+                .map(Some)
+                .map_err(os("dup eventfd")),
+            None => Ok(None),
+        }
     }
 }
 

@@ -267,6 +267,20 @@ impl LogStore {
         Ok(waker)
     }
 
+    /// The device's completion eventfd (see [`crate::io::Io::completion_fd`]), for an owner
+    /// that polls this store from an async runtime rather than blocking in [`Self::poll`].
+    /// `None` when the backend completes inline.
+    pub(crate) fn completion_fd(&mut self) -> Result<Option<std::os::fd::OwnedFd>> {
+        self.shared
+            .device()
+            .io
+            .completion_fd()
+            .map_err(|source| EngineError::Io {
+                device: self.shared.label.clone(),
+                source,
+            })
+    }
+
     /// Bytes of entries held in the tail cache.
     pub fn cache_bytes(&self) -> u64 {
         self.shared.index().cache_bytes()

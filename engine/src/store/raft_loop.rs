@@ -82,6 +82,13 @@ pub trait LogSink: Send {
     fn compact_to(&mut self, region_id: u64, index: u64);
     /// The Storage view of a region's log.
     fn region_log(&self, region_id: u64) -> RegionLog;
+    /// For a sink that drives the device from the loop's own thread: the writes finished
+    /// since the last call, as [`StoreEvent::LogDone`] in order (each batch's `after` already
+    /// sent). With `wait`, blocks until at least one finishes, if any is in flight. A sink
+    /// whose writes finish elsewhere reports them through its own channel and returns nothing.
+    fn reap(&mut self, _wait: bool) -> Vec<StoreEvent> {
+        Vec::new()
+    }
 }
 
 /// Raft messages for other stores, grouped by store id.
@@ -308,6 +315,12 @@ impl StoreLoop {
     /// Whether the store failed (a log write failed): it then refuses every request.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// Log writes the sink finished since the last call (see [`LogSink::reap`]); hand each to
+    /// [`Self::handle_event`].
+    pub fn reap_log(&mut self, wait: bool) -> Vec<StoreEvent> {
+        self.log.reap(wait)
     }
 
     /// Whether nothing is waiting on the log.

@@ -155,6 +155,88 @@ impl LogSink for WriterSink {
     }
 }
 
+/// The log driven from the loop's own thread, for a loop that runs as a task of an async
+/// runtime ([`Store::open_driven`]): an append goes straight into the [`LogStore`], which puts
+/// the write on the device at once (or as the second write in flight), and the runtime turns
+/// the loop when the device posts a completion ([`StoreDriver::take_log_completion_fd`]);
+/// [`LogSink::reap`] then collects the acknowledgements without blocking.
+///
+/// Against [`WriterSink`] this takes two thread switches off every log write (loop → writer
+/// thread, writer thread → loop): the device's completion wakes the network thread, which
+/// answers at once. On a follower both are on the critical path of every commit. Group commit
+/// is unchanged: the loop gathers each turn's Readies into one batch, and batches appended
+/// while a write is in flight go out together as the next one.
+struct InlineSink {
+    log: LogStore,
+    /// Appended batches not yet durable, by the log's ticket: the loop's batch number and the
+    /// messages that leave once it is durable.
+    pending: std::collections::HashMap<u64, (u64, Outgoing)>,
+    /// Finished (or refused) batches not yet reaped.
+    done: Vec<StoreEvent>,
+    transport: Arc<dyn Transport>,
+}
+
+impl InlineSink {
+    /// Starts queued writes and collects finished ones into `done`.
+    fn poll(&mut self, wait: bool) {
+        let acks = match self.log.poll(wait) {
+            Ok(acks) => acks,
+            Err(e) => {
+                warn!(error = %e, "log poll failed");
+                return;
+            }
+        };
+        for a in acks {
+            // Acknowledgements of compactions have no entry.
+            let Some((batch_no, after)) = self.pending.remove(&a.ticket.0) else {
+                continue;
+            };
+            if a.result.is_ok() {
+                for (store, msgs) in after {
+                    self.transport.send(store, msgs);
+                }
+            }
+            self.done.push(StoreEvent::LogDone {
+                batch_no,
+                result: a.result.map_err(|e| e.to_string()),
+            });
+        }
+    }
+}
+
+impl LogSink for InlineSink {
+    fn append(&mut self, batch_no: u64, batch: LogBatch, after: Outgoing) {
+        match self.log.append(batch) {
+            Ok(ticket) => {
+                self.pending.insert(ticket.0, (batch_no, after));
+            }
+            Err(e) => self.done.push(StoreEvent::LogDone {
+                batch_no,
+                result: Err(e.to_string()),
+            }),
+        }
+        self.poll(false);
+        // The device is busy with the write now: earlier batches' records go into the index
+        // meanwhile, as the writer thread does before it waits.
+        self.log.shared().apply_deferred();
+    }
+
+    fn compact_to(&mut self, region_id: u64, index: u64) {
+        if let Err(e) = self.log.compact_to(region_id, index) {
+            warn!(region_id, index, %e, "log compaction refused");
+        }
+    }
+
+    fn region_log(&self, region_id: u64) -> RegionLog {
+        self.log.region_log(region_id)
+    }
+
+    fn reap(&mut self, wait: bool) -> Vec<StoreEvent> {
+        self.poll(wait && self.done.is_empty());
+        std::mem::take(&mut self.done)
+    }
+}
+
 /// A region found at open and how its peer starts.
 pub struct Found {
     /// The region as this store knows it.
@@ -383,7 +465,7 @@ impl Store {
         transport: Arc<dyn Transport>,
         initial_regions: &[RegionMeta],
     ) -> Result<Store> {
-        let (mut store, driver) = Store::open_driven(opts, transport, initial_regions)?;
+        let (mut store, driver) = Store::open_parts(opts, transport, initial_regions, false)?;
         let store_id = store.store_id;
         let join = std::thread::Builder::new()
             .name(format!("basalt-raft-{store_id}"))
@@ -405,10 +487,25 @@ impl Store {
     /// finished, then [`StoreDriver::finish`]ed. A node whose network runtime is one thread
     /// runs it as a task there, so a message or request goes from the network to Raft and
     /// back without a thread switch.
+    ///
+    /// With the `uring` backend the loop also drives the log itself (no writer thread): the
+    /// caller must then turn the driver whenever [`StoreDriver::take_log_completion_fd`] is
+    /// readable, as well as on its [`LoopWake`] and its ticks.
     pub fn open_driven(
+        opts: StoreOptions,
+        transport: Arc<dyn Transport>,
+        initial_regions: &[RegionMeta],
+    ) -> Result<(Store, StoreDriver)> {
+        Store::open_parts(opts, transport, initial_regions, true)
+    }
+
+    /// Opens the store and its workers; `inline_log`: let the loop drive the log when the
+    /// backend can wake an async runtime (see [`InlineSink`]), else a writer thread does.
+    fn open_parts(
         mut opts: StoreOptions,
         transport: Arc<dyn Transport>,
         initial_regions: &[RegionMeta],
+        inline_log: bool,
     ) -> Result<(Store, StoreDriver)> {
         let handles = open_store(&opts.path, &opts.open)?;
         let (mut log, report) = LogStore::open(handles.log, opts.log.clone())?;
@@ -434,7 +531,27 @@ impl Store {
         )?;
         let found = prepare(&mut log, &mut state, initial_regions)?;
         let wake = LoopWake::new();
-        let writer = LogWriterThread::spawn(log)?;
+        let log_fd = if inline_log {
+            log.completion_fd()?
+        } else {
+            None
+        };
+        let (done_tx, done_rx) = unbounded();
+        let sink: Box<dyn LogSink> = if log_fd.is_some() {
+            Box::new(InlineSink {
+                log,
+                pending: Default::default(),
+                done: Vec::new(),
+                transport: Arc::clone(&transport),
+            })
+        } else {
+            Box::new(WriterSink {
+                writer: LogWriterThread::spawn(log)?,
+                done: done_tx,
+                wake: Arc::clone(&wake),
+                transport: Arc::clone(&transport),
+            })
+        };
         let apply = ApplyWorker::spawn_waking(state, opts.apply.clone(), Arc::clone(&wake))?;
         let snapshots = SnapshotWorker::spawn_waking(
             opts.snapshot.clone(),
@@ -444,17 +561,10 @@ impl Store {
         )?;
         let metrics = Arc::new(StoreMetrics::new());
         let (tx, rx) = bounded(opts.event_queue_len_max);
-        let (done_tx, done_rx) = unbounded();
-        let sink = WriterSink {
-            writer,
-            done: done_tx,
-            wake: Arc::clone(&wake),
-            transport: Arc::clone(&transport),
-        };
         let mut lp = StoreLoop::new(
             opts.store.clone(),
             transport,
-            Box::new(sink),
+            sink,
             apply.sender(),
             snapshots.handle(),
             Arc::clone(&metrics),
@@ -477,6 +587,7 @@ impl Store {
             snapshots: Some(snapshots),
             rx,
             done_rx,
+            log_fd,
             wake,
             tick,
             next_tick: Instant::now() + tick,
@@ -559,6 +670,9 @@ pub struct StoreDriver {
     lp: Option<StoreLoop>,
     rx: Receiver<StoreEvent>,
     done_rx: Receiver<StoreEvent>,
+    /// The log device's completion eventfd while nobody took it (see
+    /// [`StoreDriver::take_log_completion_fd`]).
+    log_fd: Option<std::os::fd::OwnedFd>,
     apply: Option<ApplyWorker>,
     snapshots: Option<SnapshotWorker>,
     apply_events: Receiver<ApplyEvent>,
@@ -581,11 +695,22 @@ impl StoreDriver {
         Arc::clone(&self.wake)
     }
 
+    /// When the loop drives the log itself (see [`Store::open_driven`]): an eventfd that
+    /// becomes readable when the log device posts a completion. Read it (that resets it), then
+    /// turn the driver. `None` when a writer thread drives the log (its completions fire the
+    /// [`LoopWake`]), or once taken.
+    pub fn take_log_completion_fd(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.log_fd.take()
+    }
+
     /// One turn of the loop; see [`Turn`].
     pub fn turn(&mut self) -> Turn {
         let Some(lp) = self.lp.as_mut() else {
             return Turn::Finished;
         };
+        for ev in lp.reap_log(false) {
+            lp.handle_event(ev);
+        }
         for _ in 0..4096 {
             let mut any = false;
             if let Ok(ev) = self.done_rx.try_recv() {
@@ -682,7 +807,13 @@ impl StoreDriver {
         // Let the log finish what is in flight, so acknowledged Readies are durable and answered.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !lp.is_idle() && Instant::now() < deadline && lp.failure().is_none() {
-            if let Ok(ev) = self.done_rx.recv_timeout(Duration::from_millis(50)) {
+            let reaped = lp.reap_log(true);
+            if reaped.is_empty() {
+                if let Ok(ev) = self.done_rx.recv_timeout(Duration::from_millis(50)) {
+                    lp.handle_event(ev);
+                }
+            }
+            for ev in reaped {
                 lp.handle_event(ev);
             }
             while let Ok(ev) = self.apply_events.try_recv() {
