@@ -27,6 +27,12 @@
 //! Any error of the store is fatal: the worker reports [`ApplyEvent::Failed`] and stops (the
 //! store latches itself after an I/O error; the owner reopens it).
 //!
+//! A store loop driven on the network thread also applies small write tasks itself, through
+//! an [`InlineApply`], while the worker waits for work: the same code on the loop's thread,
+//! under the lock the worker holds for each request, and only when nothing sent before is
+//! still queued. That takes the hand-off to this thread and back off every commit (see
+//! [`InlineApply`] for when a task still goes to the worker).
+//!
 //! # Snapshot worker
 //! Takes [`SnapshotRequest`]s (`try_send`: a requester never waits). A build freezes the region
 //! through the apply worker (cheap: a clone of the region's index), then cuts the frozen view
@@ -52,15 +58,15 @@
 //!   `install_finish` (a whole checkpoint), and so does stopping.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError};
 use raftlog::{ConfState, Entry, EntryType};
 use tracing::{debug, warn};
 
-use super::command::{Command, CommandError, OpResult};
+use super::command::{Command, CommandError, Op, OpResult};
 use super::snapshot::{Chunk, ReceiveProgress, SnapshotError, SnapshotMeta, SnapshotReceiver};
 use super::split::SplitOutcome;
 use super::{CheckpointInfo, FrozenRegion, InstallId, RegionState, StateStore};
@@ -316,6 +322,9 @@ pub enum ApplyRequest {
     },
     /// Start a checkpoint now (if none is running).
     Checkpoint,
+    /// Nothing of its own: wakes the worker for its background work (checkpoint, compaction)
+    /// after tasks applied on the loop's thread (see [`InlineApply`]).
+    Background,
     /// Stop at once, without the final checkpoint (what a killed process leaves behind: the
     /// state of the last checkpoint, and the log). Sent by [`ApplyWorker::halt`].
     Halt,
@@ -435,6 +444,94 @@ pub struct ApplyWorker {
     tx: Option<Sender<ApplyRequest>>,
     events: Receiver<ApplyEvent>,
     join: Option<JoinHandle<Result<StateStore>>>,
+    shared: SharedLoop,
+}
+
+/// The worker's state, shared with an [`InlineApply`]. A request leaves the channel only under
+/// this lock and is handled before the lock is released, so whoever holds it and finds the
+/// channel empty knows that every request sent before has been handled. `None` once the
+/// worker has stopped.
+type SharedLoop = Arc<Mutex<Option<ApplyLoop>>>;
+
+/// Most entries a task may have to be applied inline (see [`InlineApply`]): the loop's thread
+/// spends at most a few microseconds per entry on it. Larger tasks (a burst of commits) go to
+/// the worker, which applies them alongside the loop on another core.
+pub const INLINE_APPLY_ENTRIES_MAX: usize = 16;
+
+/// Lets the store loop apply a small task on its own thread while the apply worker waits for
+/// work: for one write in flight, the answer then leaves from the loop's thread (the network
+/// thread, for a loop driven there) as soon as the entry is applied, with no hand-off to the
+/// worker and back: two thread wake-ups less between commit and reply on the leader, and two
+/// less per commit on each follower.
+///
+/// A task is applied here only when nothing sent to the worker before it is still waiting
+/// (the channel is empty under the lock, see [`SharedLoop`]), so requests stay in order; when
+/// the worker is between steps (the lock is free: a checkpoint step in progress sends the task
+/// to the worker instead); when it holds only puts and deletes of at most
+/// [`INLINE_APPLY_ENTRIES_MAX`] entries (no compare-and-swap, which may read a value from the
+/// device, and no range delete, whose cost has no bound); and when the event channel has room
+/// (an inline apply never waits). Events and answers are exactly the worker's: the same code
+/// runs, on the caller's thread. The worker keeps the background work: a task applied inline
+/// that makes a checkpoint due asks it for one.
+pub struct InlineApply {
+    shared: SharedLoop,
+    tx: Sender<ApplyRequest>,
+    /// Tasks applied here since the worker was last woken for its background work.
+    since_nudge: u32,
+}
+
+/// Tasks applied inline between two wake-ups of the worker for its background work
+/// (compaction looks for mostly-dead segments after applies): about 25 a second for one write
+/// in flight, instead of one per write.
+const INLINE_APPLIES_PER_NUDGE: u32 = 64;
+
+impl InlineApply {
+    /// Applies `req` on the calling thread if it may be (see [`InlineApply`]) and returns
+    /// `None`; otherwise gives it back, to be sent to the worker.
+    pub fn apply_here(&mut self, req: ApplyRequest) -> Option<ApplyRequest> {
+        let task = match req {
+            ApplyRequest::Apply(task) if inline_candidate(&task) && self.tx.is_empty() => task,
+            other => return Some(other),
+        };
+        let mut guard = match self.shared.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Some(ApplyRequest::Apply(task)),
+        };
+        let al = match guard.as_mut() {
+            Some(al) if self.tx.is_empty() && !al.failed && al.events_have_room() => al,
+            _ => return Some(ApplyRequest::Apply(task)),
+        };
+        if let Err(e) = al.apply_task(task) {
+            al.fail_inline(e);
+        }
+        let checkpoint_due = al.checkpoint_due();
+        drop(guard);
+        self.since_nudge += 1;
+        // A full channel wakes the worker anyway, and it then finds the work due.
+        if checkpoint_due {
+            let _ = self.tx.try_send(ApplyRequest::Checkpoint);
+            self.since_nudge = 0;
+        } else if self.since_nudge >= INLINE_APPLIES_PER_NUDGE {
+            let _ = self.tx.try_send(ApplyRequest::Background);
+            self.since_nudge = 0;
+        }
+        None
+    }
+}
+
+/// Whether `task` is small and holds only puts and deletes (see [`InlineApply`]).
+fn inline_candidate(task: &ApplyTask) -> bool {
+    task.entries.len() <= INLINE_APPLY_ENTRIES_MAX
+        && task.entries.iter().all(|e| {
+            e.entry_type != EntryType::EntryNormal
+                || e.data.is_empty()
+                || Command::decode(&e.data).is_ok_and(|c| {
+                    c.ops
+                        .iter()
+                        .all(|op| matches!(op, Op::Put { .. } | Op::Delete { .. }))
+                })
+        })
 }
 
 impl ApplyWorker {
@@ -453,9 +550,12 @@ impl ApplyWorker {
         config.validate()?;
         let (tx, rx) = bounded(config.queue_len_max);
         let (ev_tx, events) = bounded(config.queue_len_max);
+        let shared: SharedLoop =
+            Arc::new(Mutex::new(Some(ApplyLoop::new(store, config, ev_tx, wake))));
+        let thread_shared = Arc::clone(&shared);
         let join = std::thread::Builder::new()
             .name("basalt-apply".into())
-            .spawn(move || ApplyLoop::new(store, config, ev_tx, wake).run(rx))
+            .spawn(move || run(&thread_shared, &rx))
             .map_err(|source| EngineError::ThreadSpawn {
                 thread: "apply worker",
                 source,
@@ -464,6 +564,16 @@ impl ApplyWorker {
             tx: Some(tx),
             events,
             join: Some(join),
+            shared,
+        })
+    }
+
+    /// A handle with which the store loop applies small tasks itself (see [`InlineApply`]).
+    pub fn inline(&self) -> Option<InlineApply> {
+        Some(InlineApply {
+            shared: Arc::clone(&self.shared),
+            tx: self.tx.clone()?,
+            since_nudge: 0,
         })
     }
 
@@ -519,6 +629,44 @@ impl Drop for ApplyWorker {
     }
 }
 
+/// The apply thread: serves requests until stopped, then finishes (see [`ApplyLoop::finish`]).
+fn run(shared: &SharedLoop, rx: &Receiver<ApplyRequest>) -> Result<StateStore> {
+    let span = tracing::info_span!("apply_worker");
+    let _entered = span.enter();
+    let served = serve(shared, rx);
+    let taken = shared.lock().unwrap_or_else(PoisonError::into_inner).take();
+    match taken {
+        Some(al) => al.finish(served),
+        None => Err(APPLY_STOPPED),
+    }
+}
+
+/// Waits for requests without taking them, then takes and handles them under the lock (see
+/// [`SharedLoop`]), with a background step after each batch.
+fn serve(shared: &SharedLoop, rx: &Receiver<ApplyRequest>) -> Flow {
+    loop {
+        let busy = {
+            let guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match guard.as_ref() {
+                Some(al) if !al.failed => al.busy(),
+                _ => return Ok(()),
+            }
+        };
+        if !busy {
+            let mut sel = Select::new();
+            sel.recv(rx);
+            sel.ready();
+        }
+        let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(al) = guard.as_mut().filter(|al| !al.failed) else {
+            return Ok(());
+        };
+        if !al.serve_step(rx)? {
+            return Ok(());
+        }
+    }
+}
+
 /// The apply worker's state.
 struct ApplyLoop {
     store: StateStore,
@@ -537,6 +685,8 @@ struct ApplyLoop {
     stopping: bool,
     /// Set by [`ApplyRequest::Halt`]: stop without the final checkpoint.
     halted: bool,
+    /// Set when a task applied inline failed (reported there): the worker stops.
+    failed: bool,
 }
 
 /// Whether the loop goes on after a request.
@@ -561,6 +711,7 @@ impl ApplyLoop {
             installs: HashMap::new(),
             stopping: false,
             halted: false,
+            failed: false,
         }
     }
 
@@ -574,11 +725,40 @@ impl ApplyLoop {
         self.wake.wake();
     }
 
-    fn run(mut self, rx: Receiver<ApplyRequest>) -> Result<StateStore> {
-        let span = tracing::info_span!("apply_worker");
-        let _entered = span.enter();
-        let served = self.serve(&rx);
+    /// Room for the events of one task in the event channel.
+    fn events_have_room(&self) -> bool {
+        self.events
+            .capacity()
+            .is_none_or(|cap| self.events.len() + 4 <= cap)
+    }
+
+    /// Whether background work is pending (the worker then polls its queue instead of waiting).
+    fn busy(&self) -> bool {
+        self.checkpoint_running || self.compaction_wanted
+    }
+
+    /// Whether enough was applied since the last checkpoint to start the next.
+    fn checkpoint_due(&self) -> bool {
+        !self.checkpoint_running
+            && self.applied_bytes_since_checkpoint >= self.checkpoint_trigger_bytes()
+    }
+
+    /// A task applied inline failed: reported as the worker reports its own failures; the
+    /// worker stops when it next looks.
+    fn fail_inline(&mut self, e: EngineError) {
+        warn!(error = %e, "inline apply failed");
+        self.failed = true;
+        self.abort_installs();
+        self.emit(ApplyEvent::Failed(e));
+    }
+
+    /// What the thread does once [`serve`] returned: the final checkpoint (unless halted or
+    /// failed), or the failure's report.
+    fn finish(mut self, served: Flow) -> Result<StateStore> {
         self.stopping = true;
+        if self.failed {
+            return Err(APPLY_STOPPED);
+        }
         match served {
             Ok(()) => {}
             Err(e) => {
@@ -600,34 +780,25 @@ impl ApplyLoop {
         Ok(self.store)
     }
 
-    fn serve(&mut self, rx: &Receiver<ApplyRequest>) -> Flow {
-        loop {
-            let busy = self.checkpoint_running || self.compaction_wanted;
-            let first = if busy {
-                match rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(crossbeam_channel::TryRecvError::Empty) => None,
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => return Ok(()),
-                }
-            } else {
-                match rx.recv() {
-                    Ok(r) => Some(r),
-                    Err(_) => return Ok(()),
-                }
-            };
-            let more = rx.try_iter().take(self.config.requests_per_step_max - 1);
-            for req in first.into_iter().chain(more) {
-                if matches!(req, ApplyRequest::Stop) {
-                    return Ok(());
-                }
-                if matches!(req, ApplyRequest::Halt) {
+    /// Handles up to `requests_per_step_max` queued requests, then one background step.
+    /// `Ok(false)`: stop (asked to, or every sender is gone).
+    fn serve_step(
+        &mut self,
+        rx: &Receiver<ApplyRequest>,
+    ) -> std::result::Result<bool, EngineError> {
+        for _ in 0..self.config.requests_per_step_max {
+            match rx.try_recv() {
+                Ok(ApplyRequest::Stop) | Err(TryRecvError::Disconnected) => return Ok(false),
+                Ok(ApplyRequest::Halt) => {
                     self.halted = true;
-                    return Ok(());
+                    return Ok(false);
                 }
-                self.handle(req)?;
+                Ok(req) => self.handle(req)?,
+                Err(TryRecvError::Empty) => break,
             }
-            self.background_step()?;
         }
+        self.background_step()?;
+        Ok(true)
     }
 
     /// One bounded step of checkpointing or compaction.
@@ -775,6 +946,7 @@ impl ApplyLoop {
                     self.applied_bytes_since_checkpoint = 0;
                 }
             }
+            ApplyRequest::Background => {} // the step after this batch does the work
             ApplyRequest::Stop | ApplyRequest::Halt => {} // handled by `serve`
         }
         Ok(())

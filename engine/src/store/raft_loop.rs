@@ -41,8 +41,8 @@ use crate::state::command::CommandError;
 use crate::state::snapshot::SnapshotMeta;
 use crate::state::storage::RegionStorage;
 use crate::state::worker::{
-    ApplyEvent, ApplyRequest, ApplyResult, ApplyTask, ReadOutput, ReadRequest, Responder,
-    SnapshotEvent, SnapshotHandle,
+    ApplyEvent, ApplyRequest, ApplyResult, ApplyTask, InlineApply, ReadOutput, ReadRequest,
+    Responder, SnapshotEvent, SnapshotHandle,
 };
 use crate::state::RegionState;
 
@@ -199,6 +199,8 @@ pub struct StoreLoop {
     log: Box<dyn LogSink>,
     apply_tx: Sender<ApplyRequest>,
     apply_backlog: VecDeque<ApplyRequest>,
+    /// Set for a loop that applies small tasks on its own thread (see [`InlineApply`]).
+    inline_apply: Option<InlineApply>,
     snapshots: SnapshotHandle,
     metrics: Arc<StoreMetrics>,
     batch: LogBatch,
@@ -274,6 +276,7 @@ impl StoreLoop {
             log,
             apply_tx,
             apply_backlog: VecDeque::new(),
+            inline_apply: None,
             snapshots,
             metrics,
             batch: LogBatch::new(),
@@ -315,6 +318,12 @@ impl StoreLoop {
     /// Whether the store failed (a log write failed): it then refuses every request.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// Lets the loop apply small tasks on its own thread while the apply worker waits (see
+    /// [`InlineApply`]).
+    pub fn set_inline_apply(&mut self, inline: InlineApply) {
+        self.inline_apply = Some(inline);
     }
 
     /// Log writes the sink finished since the last call (see [`LogSink::reap`]); hand each to
@@ -1331,6 +1340,13 @@ impl StoreLoop {
             self.apply_backlog.push_back(req);
             return;
         }
+        let req = match self.inline_apply.as_mut() {
+            Some(inline) => match inline.apply_here(req) {
+                None => return,
+                Some(req) => req,
+            },
+            None => req,
+        };
         match self.apply_tx.try_send(req) {
             Ok(()) => {}
             Err(TrySendError::Full(req)) => self.apply_backlog.push_back(req),

@@ -569,6 +569,13 @@ impl Store {
             snapshots.handle(),
             Arc::clone(&metrics),
         );
+        if inline_log {
+            // The same reasoning as for the log: a loop on the network thread applies small
+            // tasks itself and answers without a thread hop.
+            if let Some(inline) = apply.inline() {
+                lp.set_inline_apply(inline);
+            }
+        }
         let single = |m: &RegionMeta| m.peers.len() == 1;
         for f in found {
             let campaign = single(&f.meta);
