@@ -369,6 +369,10 @@ impl NodeTransport {
         self.inner.handle.spawn(
             async move {
                 while let Turn::Wait(timeout) = driver.turn() {
+                    // The turn's messages go out first (the transport's tasks run during the
+                    // yield), then its log write goes on the device.
+                    tokio::task::yield_now().await;
+                    driver.start_log_writes();
                     if timeout.is_zero() {
                         tokio::task::yield_now().await;
                     } else {

@@ -89,6 +89,10 @@ pub trait LogSink: Send {
     fn reap(&mut self, _wait: bool) -> Vec<StoreEvent> {
         Vec::new()
     }
+    /// For a sink that drives the device from the loop's own thread: puts the appended batches
+    /// on the device. Its owner calls it once the messages the loop queued meanwhile have gone
+    /// out (a leader sends before it writes). A sink that writes on its own does nothing.
+    fn start(&mut self) {}
 }
 
 /// Raft messages for other stores, grouped by store id.
@@ -330,6 +334,11 @@ impl StoreLoop {
     /// [`Self::handle_event`].
     pub fn reap_log(&mut self, wait: bool) -> Vec<StoreEvent> {
         self.log.reap(wait)
+    }
+
+    /// Puts appended log batches on the device (see [`LogSink::start`]).
+    pub fn start_log(&mut self) {
+        self.log.start();
     }
 
     /// Whether nothing is waiting on the log.
@@ -1336,17 +1345,12 @@ impl StoreLoop {
     // ---------------------------------------------------------------- dispatch
 
     fn send_apply(&mut self, req: ApplyRequest) {
-        if !self.apply_backlog.is_empty() {
+        // With inline apply, requests wait for the end of the flush: a follower's log write
+        // then goes to the device before it applies what the same message committed.
+        if self.inline_apply.is_some() || !self.apply_backlog.is_empty() {
             self.apply_backlog.push_back(req);
             return;
         }
-        let req = match self.inline_apply.as_mut() {
-            Some(inline) => match inline.apply_here(req) {
-                None => return,
-                Some(req) => req,
-            },
-            None => req,
-        };
         match self.apply_tx.try_send(req) {
             Ok(()) => {}
             Err(TrySendError::Full(req)) => self.apply_backlog.push_back(req),
@@ -1356,6 +1360,13 @@ impl StoreLoop {
 
     fn drain_apply_backlog(&mut self) {
         while let Some(req) = self.apply_backlog.pop_front() {
+            let req = match self.inline_apply.as_mut() {
+                Some(inline) => match inline.apply_here(req) {
+                    None => continue,
+                    Some(req) => req,
+                },
+                None => req,
+            };
             match self.apply_tx.try_send(req) {
                 Ok(()) => {}
                 Err(TrySendError::Full(req)) => {

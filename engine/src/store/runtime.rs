@@ -8,6 +8,9 @@
 //! Threads of a store: the raft loop (this module), the log writer
 //! ([`crate::log::LogWriterThread`]), the apply worker and the snapshot worker. The loop never
 //! waits on any of them: it hands work over bounded channels and hears back through events.
+//! A driven loop on the `uring` backend has no log writer thread: it drives the log itself
+//! ([`InlineSink`]), and it applies small write tasks itself while the apply worker waits
+//! (`crate::state::worker::InlineApply`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -215,6 +218,9 @@ impl LogSink for InlineSink {
                 result: Err(e.to_string()),
             }),
         }
+    }
+
+    fn start(&mut self) {
         self.poll(false);
         // The device is busy with the write now: earlier batches' records go into the index
         // meanwhile, as the writer thread does before it waits.
@@ -708,6 +714,16 @@ impl StoreDriver {
     /// [`LoopWake`]), or once taken.
     pub fn take_log_completion_fd(&mut self) -> Option<std::os::fd::OwnedFd> {
         self.log_fd.take()
+    }
+
+    /// When the loop drives the log itself: puts the batches the last turn appended on the
+    /// device. Call it after every turn, once the messages the turn queued have been sent
+    /// (on a runtime: after yielding once, so the transport's tasks run first). Without it,
+    /// the writes start at the next turn. Does nothing when a writer thread drives the log.
+    pub fn start_log_writes(&mut self) {
+        if let Some(lp) = self.lp.as_mut() {
+            lp.start_log();
+        }
     }
 
     /// One turn of the loop; see [`Turn`].
