@@ -2,7 +2,10 @@
 //! 127.0.0.1, file-backed stores.
 //!
 //! 1. `latency`: commit latency of puts with 1 in flight (p50/p90/p99/max), then writes/s and
-//!    linearizable reads/s with 64 in flight.
+//!    linearizable reads/s with 64 in flight. For the 1-in-flight phase it also prints the CPU
+//!    each put cost, by thread kind (the three nodes' threads of a kind together, the client's
+//!    runtime, the main thread), and how many times threads were scheduled in per put: on a
+//!    2-vCPU machine running three nodes, thread hand-offs, not Raft, are most of a put.
 //! 2. `failover`: the leader is killed (`Node::abort`) K times; time from the kill until a put
 //!    succeeds through the new leader, and until the restarted node caught up.
 //! 3. `idle`: three stores with 10,000 regions each (one peer per store); CPU per store before
@@ -161,6 +164,81 @@ fn print_stages(stages: &Value) {
             },
         );
     }
+}
+
+/// On-CPU nanoseconds and times scheduled in, summed per thread name (a trailing `-N` cut,
+/// so the three nodes' threads of one kind add up), from `/proc/self/task/*/schedstat`.
+fn thread_cpu() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut by_kind = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_kind;
+    };
+    for t in tasks.flatten() {
+        let path = t.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        let kind = match comm.rsplit_once('-') {
+            Some((head, tail)) if tail.chars().all(|c| c.is_ascii_digit()) => head,
+            _ => comm,
+        };
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        let mut f = stat
+            .split_whitespace()
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        let (run_ns, _wait_ns, slices) = (
+            f.next().unwrap_or(0),
+            f.next().unwrap_or(0),
+            f.next().unwrap_or(0),
+        );
+        let e = by_kind.entry(kind.to_string()).or_insert((0, 0));
+        e.0 += run_ns;
+        e.1 += slices;
+    }
+    by_kind
+}
+
+/// CPU microseconds and times scheduled in per operation, by thread kind, between two
+/// [`thread_cpu`] snapshots (threads that ended in between are not counted).
+fn cpu_per_op(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+    ops: u64,
+) -> Value {
+    let ops = ops.max(1) as f64;
+    let mut kinds = serde_json::Map::new();
+    let (mut cpu_total, mut slices_total) = (0.0, 0.0);
+    for (kind, &(run, slices)) in after {
+        let (run0, slices0) = before.get(kind).copied().unwrap_or((0, 0));
+        let cpu_us = run.saturating_sub(run0) as f64 / 1e3 / ops;
+        let sched = slices.saturating_sub(slices0) as f64 / ops;
+        if cpu_us < 0.5 && sched < 0.005 {
+            continue;
+        }
+        cpu_total += cpu_us;
+        slices_total += sched;
+        kinds.insert(
+            kind.clone(),
+            json!({ "cpu_us": cpu_us, "scheduled_in": sched }),
+        );
+    }
+    json!({ "total_cpu_us": cpu_total, "total_scheduled_in": slices_total, "by_thread": kinds })
+}
+
+fn print_cpu(v: &Value) {
+    let mut parts = Vec::new();
+    for (kind, x) in v["by_thread"].as_object().into_iter().flatten() {
+        parts.push(format!(
+            "{kind} {:.0} µs/{:.1}",
+            x["cpu_us"].as_f64().unwrap_or(0.0),
+            x["scheduled_in"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    println!(
+        "  cpu per put {:.0} µs, threads scheduled in {:.1} times per put (by thread: cpu/times): {}",
+        v["total_cpu_us"].as_f64().unwrap_or(0.0),
+        v["total_scheduled_in"].as_f64().unwrap_or(0.0),
+        parts.join(", ")
+    );
 }
 
 /// User + system CPU time of this process.
@@ -629,7 +707,9 @@ fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
     let warm = (puts / 5).max(200);
     let _ = sequential_puts(&c, t, warm, &value, 1_000_000_000);
     let before = c.stage_snapshots();
+    let cpu_before = thread_cpu();
     let (seq_h, seq_counts) = sequential_puts(&c, t, puts, &value, 0);
+    let cpu_1_in_flight = cpu_per_op(&cpu_before, &thread_cpu(), puts);
     let stages = c.stage_breakdown(&before, t.node);
 
     let addr = c.addr(t.node);
@@ -691,6 +771,7 @@ fn run_latency(dir: Option<&Path>, o: &LatencyOptions) -> Value {
         "startup_to_leader_ms": ms(startup),
         "warmup_puts": warm,
         "stages_1_in_flight": stages,
+        "cpu_1_in_flight": cpu_1_in_flight,
         "stages_concurrent_puts": stages_concurrent,
         "sequential": { "puts_ok": seq_counts.ok, "retries_or_errors": seq_counts.errors, "error_kinds": seq_counts.kinds, "latency": hist_json(&seq_h) },
         "concurrent_puts": {
@@ -1074,6 +1155,7 @@ fn print_table(v: &Value) {
             let seq_rate = f(&s["count"]) / (f(&s["mean_us"]) * f(&s["count"]) / 1e6);
             row("put, 1 in flight", s, seq_rate);
             print_stages(&v["stages_1_in_flight"]);
+            print_cpu(&v["cpu_1_in_flight"]);
             let w = &v["concurrent_puts"];
             row(
                 &format!("put, {} in flight", w["inflight"]),
