@@ -159,10 +159,11 @@ impl LogSink for WriterSink {
 }
 
 /// The log driven from the loop's own thread, for a loop that runs as a task of an async
-/// runtime ([`Store::open_driven`]): an append goes straight into the [`LogStore`], which puts
-/// the write on the device at once (or as the second write in flight), and the runtime turns
-/// the loop when the device posts a completion ([`StoreDriver::take_log_completion_fd`]);
-/// [`LogSink::reap`] then collects the acknowledgements without blocking.
+/// runtime ([`Store::open_driven`]): an append goes straight into the [`LogStore`]; the
+/// runtime puts it on the device ([`StoreDriver::start_log_writes`], as the next write or the
+/// second in flight) once the turn's messages have left, and turns the loop when the device
+/// posts a completion ([`StoreDriver::take_log_completion_fd`]); [`LogSink::reap`] then
+/// collects the acknowledgements without blocking.
 ///
 /// Against [`WriterSink`] this takes two thread switches off every log write (loop → writer
 /// thread, writer thread → loop): the device's completion wakes the network thread, which
@@ -505,13 +506,15 @@ impl Store {
         Store::open_parts(opts, transport, initial_regions, true)
     }
 
-    /// Opens the store and its workers; `inline_log`: let the loop drive the log when the
-    /// backend can wake an async runtime (see [`InlineSink`]), else a writer thread does.
+    /// Opens the store and its workers. `on_runtime`: the loop will run as a task of an async
+    /// runtime, so it drives the log itself when the backend can wake the runtime (see
+    /// [`InlineSink`]; else a writer thread does) and applies small tasks itself (see
+    /// [`crate::state::worker::InlineApply`]).
     fn open_parts(
         mut opts: StoreOptions,
         transport: Arc<dyn Transport>,
         initial_regions: &[RegionMeta],
-        inline_log: bool,
+        on_runtime: bool,
     ) -> Result<(Store, StoreDriver)> {
         let handles = open_store(&opts.path, &opts.open)?;
         let (mut log, report) = LogStore::open(handles.log, opts.log.clone())?;
@@ -537,7 +540,7 @@ impl Store {
         )?;
         let found = prepare(&mut log, &mut state, initial_regions)?;
         let wake = LoopWake::new();
-        let log_fd = if inline_log {
+        let log_fd = if on_runtime {
             log.completion_fd()?
         } else {
             None
@@ -575,12 +578,8 @@ impl Store {
             snapshots.handle(),
             Arc::clone(&metrics),
         );
-        if inline_log {
-            // The same reasoning as for the log: a loop on the network thread applies small
-            // tasks itself and answers without a thread hop.
-            if let Some(inline) = apply.inline() {
-                lp.set_inline_apply(inline);
-            }
+        if let Some(inline) = apply.inline().filter(|_| on_runtime) {
+            lp.set_inline_apply(inline);
         }
         let single = |m: &RegionMeta| m.peers.len() == 1;
         for f in found {
