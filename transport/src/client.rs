@@ -49,8 +49,9 @@ impl Default for ClientOptions {
     }
 }
 
-/// A QUIC transport configuration with the given idle timeout and keep-alive.
-pub(crate) fn quic_transport_config(
+/// A QUIC transport configuration with the given idle timeout and keep-alive: what every
+/// connection of this crate uses (public for benchmarks that measure QUIC alone).
+pub fn quic_transport_config(
     idle_timeout: Duration,
     keep_alive_interval: Duration,
 ) -> Result<Arc<quinn::TransportConfig>, TransportError> {

@@ -11,7 +11,15 @@
 //!   once. N = 3 is what three nodes sharing one disk see; N = 1 is the disk alone.
 //! - `client call round trip`: [`ClientConnection::call`] to a node whose service answers at once.
 //! - `raft message round trip`: a one-message batch from node A to node B and one back, each
-//!   delivered to a store router (the raft loop's inbox).
+//!   delivered to a store router (the raft loop's inbox) that wakes a task on the node's network
+//!   runtime, as a driven raft loop is woken; the answer is sent from that task.
+//! - `QUIC round trip (quinn alone)`: 300 bytes out and back on one bidirectional stream
+//!   between two quinn endpoints with the transport's own TLS and QUIC settings, each on a
+//!   current-thread runtime of its own thread (as each node's network thread is), the echo and
+//!   the caller tasks on them: no framing, no hand-off to other threads, nothing of Basalt's.
+//!   Any put crosses two such round trips (client to leader and back, leader to follower and
+//!   back), so `2 x this + the 3-writer log write` is a floor no code over quinn can go under
+//!   on this machine.
 //! - `UDP round trip`: a 300-byte datagram to a thread that echoes it, blocking sockets on
 //!   127.0.0.1: what the operating system alone costs under the two QUIC round trips.
 //!
@@ -24,7 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use engine::store::{Epoch, Peer, PeerRole, RaftMessage, StoreEvent, StoreRouter, Transport};
+use engine::store::{
+    Epoch, LoopWake, Peer, PeerRole, RaftMessage, StoreEvent, StoreRouter, Transport,
+};
 use hdrhistogram::Histogram;
 use raftlog::{Entry, Message, MessageType};
 use serde_json::{json, Value};
@@ -156,7 +166,9 @@ fn client_round_trips(certs: &Path, node: &NodeTransport, count: usize) -> Histo
         .enable_all()
         .build()
         .expect("client runtime");
-    rt.block_on(async {
+    // The calls are made by a task on the runtime, as an application's code runs, so the SDK's
+    // tasks wake on the same worker (see `cluster_bench`'s `sequential_puts`).
+    let calls = rt.spawn(async move {
         let conn = ClientConnection::connect(addr, &tls)
             .await
             .expect("connect");
@@ -170,7 +182,8 @@ fn client_round_trips(certs: &Path, node: &NodeTransport, count: usize) -> Histo
             h.record(t.elapsed().as_nanos() as u64).expect("record");
         }
         h
-    })
+    });
+    rt.block_on(calls).expect("client task")
 }
 
 fn append(from_store: u64, to_store: u64, index: u64) -> RaftMessage {
@@ -206,37 +219,143 @@ fn append(from_store: u64, to_store: u64, index: u64) -> RaftMessage {
     }
 }
 
-fn wait_raft(rx: &crossbeam_channel::Receiver<StoreEvent>) {
+/// A store inbox as a driven raft loop has it: the router posts into a channel and wakes a
+/// task on the node's runtime.
+fn inbox(
+    node: &NodeTransport,
+    store_id: u64,
+) -> (
+    crossbeam_channel::Receiver<StoreEvent>,
+    Arc<tokio::sync::Notify>,
+) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let wake = LoopWake::new();
+    let hook = Arc::clone(&notify);
+    wake.set(Box::new(move || hook.notify_one()));
+    node.register_store(store_id, StoreRouter::with_wake(store_id, tx, wake));
+    (rx, notify)
+}
+
+/// Waits until a Raft message is in `rx`; the index of the last entry it carried.
+async fn next_raft(
+    rx: &crossbeam_channel::Receiver<StoreEvent>,
+    notify: &tokio::sync::Notify,
+) -> u64 {
     loop {
-        match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(StoreEvent::Raft(_)) => return,
-            Ok(_) => continue,
-            Err(e) => panic!("raft message not delivered: {e}"),
+        while let Ok(ev) = rx.try_recv() {
+            if let StoreEvent::Raft(msgs) = ev {
+                return msgs.last().map_or(0, |m| m.msg.index + 1);
+            }
         }
+        notify.notified().await;
     }
 }
 
+/// Raft message round trips between two nodes, each end a task on its node's network runtime
+/// woken by the store router, as a driven raft loop is (no other thread in between).
 fn raft_round_trips(a: &NodeTransport, b: &NodeTransport, count: usize) -> Histogram<u64> {
-    let (tx_a, rx_a) = crossbeam_channel::unbounded();
-    let (tx_b, rx_b) = crossbeam_channel::unbounded();
-    a.register_store(1, StoreRouter::new(1, tx_a));
-    b.register_store(2, StoreRouter::new(2, tx_b));
+    let (rx_a, notify_a) = inbox(a, 1);
+    let (rx_b, notify_b) = inbox(b, 2);
     a.add_store(2, b.local_addr().expect("address"));
     b.add_store(1, a.local_addr().expect("address"));
     let (ta, tb) = (a.transport(), b.transport());
-    let mut h = Histogram::<u64>::new(3).expect("histogram");
-    // The first exchange dials the connections; it is not measured.
-    for index in 1..=count as u64 + 1 {
-        std::thread::sleep(ROUND_TRIP_GAP);
-        let t = Instant::now();
-        ta.send(2, vec![append(1, 2, index)]);
-        wait_raft(&rx_b);
-        tb.send(1, vec![append(2, 1, index)]);
-        wait_raft(&rx_a);
-        if index > 1 {
-            h.record(t.elapsed().as_nanos() as u64).expect("record");
+    // Store 2 answers every append at once; the task ends with its runtime.
+    b.runtime_handle().spawn(async move {
+        loop {
+            let index = next_raft(&rx_b, &notify_b).await;
+            tb.send(1, vec![append(2, 1, index)]);
         }
-    }
+    });
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    a.runtime_handle().spawn(async move {
+        let mut h = Histogram::<u64>::new(3).expect("histogram");
+        // The first exchange dials the connections; it is not measured.
+        for index in 1..=count as u64 + 1 {
+            tokio::time::sleep(ROUND_TRIP_GAP).await;
+            let t = Instant::now();
+            ta.send(2, vec![append(1, 2, index)]);
+            next_raft(&rx_a, &notify_a).await;
+            if index > 1 {
+                h.record(t.elapsed().as_nanos() as u64).expect("record");
+            }
+        }
+        let _ = done_tx.send(h);
+    });
+    done_rx
+        .recv_timeout(CALL_TIMEOUT * count as u32)
+        .expect("raft round trips")
+}
+
+/// A current-thread runtime, as a node's network thread runs.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Round trips of 300 bytes over quinn alone (see the module docs).
+fn quic_round_trips(certs: &Path, count: usize) -> Histogram<u64> {
+    let quic = transport::client::quic_transport_config(
+        TransportConfig::default().idle_timeout,
+        TransportConfig::default().keep_alive_interval,
+    )
+    .expect("QUIC settings");
+    let server_cfg = TlsConfig::from_dir(certs, "a")
+        .and_then(|t| t.quic_server(Arc::clone(&quic)))
+        .expect("server TLS");
+    let client_cfg = TlsConfig::from_dir(certs, "b")
+        .and_then(|t| t.quic_client(quic))
+        .expect("client TLS");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let echo = std::thread::spawn(move || {
+        current_thread_runtime().block_on(async move {
+            let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
+            let ep = quinn::Endpoint::server(server_cfg, listen).expect("bind echo endpoint");
+            addr_tx
+                .send(ep.local_addr().expect("echo address"))
+                .expect("send address");
+            let incoming = ep.accept().await.expect("incoming connection");
+            let conn = incoming.await.expect("echo handshake");
+            let (mut send, mut recv) = conn.accept_bi().await.expect("echo stream");
+            let mut buf = [0u8; 300];
+            while recv.read_exact(&mut buf).await.is_ok() {
+                if send.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            conn.closed().await;
+        })
+    });
+    let addr = addr_rx.recv().expect("echo address");
+    let h = current_thread_runtime().block_on(async move {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let mut ep = quinn::Endpoint::client(any).expect("bind caller endpoint");
+        ep.set_default_client_config(client_cfg);
+        let conn = ep
+            .connect(addr, "127.0.0.1")
+            .expect("dial")
+            .await
+            .expect("caller handshake");
+        let (mut send, mut recv) = conn.open_bi().await.expect("caller stream");
+        let (out, mut back) = ([7u8; 300], [0u8; 300]);
+        let mut h = Histogram::<u64>::new(3).expect("histogram");
+        // The first exchange opens the stream at the echo's end; it is not measured.
+        for i in 0..=count {
+            tokio::time::sleep(ROUND_TRIP_GAP).await;
+            let t = Instant::now();
+            send.write_all(&out).await.expect("write");
+            recv.read_exact(&mut back).await.expect("read");
+            if i > 0 {
+                h.record(t.elapsed().as_nanos() as u64).expect("record");
+            }
+        }
+        conn.close(0u32.into(), b"");
+        ep.wait_idle().await;
+        h
+    });
+    echo.join().expect("echo thread");
     h
 }
 
@@ -283,6 +402,7 @@ fn main() {
     let (a, b) = (node(&cert_dir, "a"), node(&cert_dir, "b"));
     let call = client_round_trips(&cert_dir, &a, args.round_trips);
     let raft = raft_round_trips(&a, &b, args.round_trips);
+    let quic = quic_round_trips(&cert_dir, args.round_trips);
     let udp = udp_round_trips(args.round_trips);
     a.shutdown();
     b.shutdown();
@@ -290,13 +410,17 @@ fn main() {
     let floor = log3["p50_ms"].as_f64().unwrap_or(f64::NAN)
         + ms(call.value_at_quantile(0.5))
         + ms(raft.value_at_quantile(0.5));
+    let quic_floor =
+        log3["p50_ms"].as_f64().unwrap_or(f64::NAN) + 2.0 * ms(quic.value_at_quantile(0.5));
     let out = json!({
         "log_write_1_writer": log1,
         "log_write_3_writers": log3,
         "client_call_round_trip": hist_json(&call),
         "raft_message_round_trip": hist_json(&raft),
+        "quic_round_trip": hist_json(&quic),
         "udp_round_trip": hist_json(&udp),
         "put_floor_p50_ms": floor,
+        "put_floor_quinn_alone_p50_ms": quic_floor,
     });
     if args.json {
         println!("{out}");
@@ -324,9 +448,17 @@ fn main() {
         ms(raft.value_at_quantile(0.9))
     );
     println!(
+        "  QUIC round trip (quinn alone) {:.3} ms  (p90 {:.3})",
+        ms(quic.value_at_quantile(0.5)),
+        ms(quic.value_at_quantile(0.9))
+    );
+    println!(
         "  UDP round trip (OS alone)    {:.3} ms   (p90 {:.3})",
         ms(udp.value_at_quantile(0.5)),
         ms(udp.value_at_quantile(0.9))
     );
     println!("  floor of one put (3 writers + both round trips): {floor:.3} ms");
+    println!(
+        "  floor of one put over quinn alone (3 writers + 2 QUIC round trips): {quic_floor:.3} ms"
+    );
 }
