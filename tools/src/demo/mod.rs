@@ -336,56 +336,71 @@ async fn leader_node(cluster: &LocalCluster, client: &Client, key: &[u8]) -> any
 }
 
 /// Writes `opts.keys` keys, one at a time; returns what was acknowledged.
+///
+/// This and [`read_keys`] make their calls from a task spawned on the runtime, as an
+/// application's code on tokio runs, so the SDK's own tasks (stream writer and reader, quinn's
+/// drivers) wake on the same worker. `story` itself runs in `block_on` on the main thread,
+/// which is not a worker: calls made there crossed two extra thread hand-offs each (main thread
+/// to worker and back), which are not the SDK's and not the cluster's. The one-at-a-time
+/// latencies shown would include them.
 async fn write_keys(
     client: &Client,
     opts: &DemoOptions,
     steps: &Steps,
 ) -> anyhow::Result<BTreeMap<Bytes, Bytes>> {
-    let mut acked = BTreeMap::new();
-    let mut lat = Latencies::new();
+    let (client, keys, value_bytes) = (client.clone(), opts.keys, opts.value_bytes);
     let t = Instant::now();
-    for i in 0..opts.keys {
-        let (k, v) = (key(i), value(&key(i), 0, opts.value_bytes));
-        let op = Instant::now();
-        client
-            .put(k.clone(), v.clone())
-            .await
-            .with_context(|| format!("put {}", String::from_utf8_lossy(&k)))?;
-        lat.record(op.elapsed());
-        acked.insert(k, v);
-    }
-    let what = format!(
-        "put {} keys ({} B values), one at a time",
-        opts.keys, opts.value_bytes
-    );
-    steps.timed(&what, opts.keys, t.elapsed(), "put", &lat);
+    let (acked, lat) = tokio::spawn(async move {
+        let mut acked = BTreeMap::new();
+        let mut lat = Latencies::new();
+        for i in 0..keys {
+            let (k, v) = (key(i), value(&key(i), 0, value_bytes));
+            let op = Instant::now();
+            client
+                .put(k.clone(), v.clone())
+                .await
+                .with_context(|| format!("put {}", String::from_utf8_lossy(&k)))?;
+            lat.record(op.elapsed());
+            acked.insert(k, v);
+        }
+        Ok::<_, anyhow::Error>((acked, lat))
+    })
+    .await
+    .context("the writer task panicked")??;
+    let what = format!("put {keys} keys ({value_bytes} B values), one at a time");
+    steps.timed(&what, keys, t.elapsed(), "put", &lat);
     Ok(acked)
 }
 
-/// Reads every key back, one at a time, checking each value.
+/// Reads every key back, one at a time, checking each value (from a task: see [`write_keys`]).
 async fn read_keys(
     client: &Client,
     acked: &BTreeMap<Bytes, Bytes>,
     steps: &Steps,
 ) -> anyhow::Result<()> {
-    let mut lat = Latencies::new();
+    let client = client.clone();
+    let pairs: Vec<(Bytes, Bytes)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let count = pairs.len();
     let t = Instant::now();
-    for (k, v) in acked {
-        let op = Instant::now();
-        let got = client
-            .get(k.clone())
-            .await
-            .with_context(|| format!("get {}", String::from_utf8_lossy(k)))?;
-        lat.record(op.elapsed());
-        if got.as_ref() != Some(v) {
-            bail!("{} read back wrong", String::from_utf8_lossy(k));
+    let lat = tokio::spawn(async move {
+        let mut lat = Latencies::new();
+        for (k, v) in pairs {
+            let op = Instant::now();
+            let got = client
+                .get(k.clone())
+                .await
+                .with_context(|| format!("get {}", String::from_utf8_lossy(&k)))?;
+            lat.record(op.elapsed());
+            if got.as_ref() != Some(&v) {
+                bail!("{} read back wrong", String::from_utf8_lossy(&k));
+            }
         }
-    }
-    let what = format!(
-        "got {} keys back (linearizable reads), one at a time, all match",
-        acked.len()
-    );
-    steps.timed(&what, acked.len(), t.elapsed(), "get", &lat);
+        Ok(lat)
+    })
+    .await
+    .context("the reader task panicked")??;
+    let what = format!("got {count} keys back (linearizable reads), one at a time, all match");
+    steps.timed(&what, count, t.elapsed(), "get", &lat);
     Ok(())
 }
 
