@@ -198,6 +198,9 @@ pub struct StoreMetrics {
     pub committed_entries_total: Counter,
     /// Entries applied to the state store.
     pub applied_entries_total: Counter,
+    /// Apply tasks the store loop applied on its own thread instead of the apply worker's
+    /// (`state::worker::InlineApply`).
+    pub inline_apply_tasks_total: Counter,
     /// Log write batches submitted.
     pub log_batches_total: Counter,
     /// Bytes written to the log.
@@ -295,6 +298,12 @@ const FAMILIES: &[Family] = &[
         applied_entries_total,
         "applied_entries_total",
         "Raft entries applied to the state store."
+    ),
+    family!(
+        Counter,
+        inline_apply_tasks_total,
+        "inline_apply_tasks_total",
+        "Apply tasks the store loop applied on its own thread instead of the apply worker's."
     ),
     family!(
         Counter,

@@ -194,6 +194,40 @@ fn retried_writes_apply_once() {
     );
 }
 
+/// The loops apply small put/delete tasks themselves while the worker is idle (`InlineApply`,
+/// as a loop driven on the network runtime does), under the faults of
+/// `three_stores_under_faults`, with retried writes (the session refusals run inline too) and a
+/// pre-split region: order against the worker's own requests, crashes with inline applies not
+/// yet checkpointed, and the worker's checkpoints after inline applies.
+#[test]
+fn inline_applies_under_faults() {
+    run_seeds(
+        seeds(20, 60_000),
+        Params {
+            retries: true,
+            pre_split: 1,
+            keys: 4,
+            clients: 4,
+            op_timeout_ms: Some(400),
+            inline_apply: true,
+            ..Default::default()
+        },
+    );
+}
+
+/// Inline applies with splits and membership changes (snapshots built and installed by the
+/// worker between inline applies).
+#[test]
+fn inline_applies_with_splits_and_membership() {
+    run_seeds(
+        seeds(3, 65_000),
+        Params {
+            inline_apply: true,
+            ..splits_and_membership_params()
+        },
+    );
+}
+
 /// Long idle periods with a short hibernation delay, then traffic, under crashes: leaders
 /// come back and every region takes a write within a bound after healing.
 #[test]

@@ -476,6 +476,9 @@ pub const INLINE_APPLY_ENTRIES_MAX: usize = 16;
 pub struct InlineApply {
     shared: SharedLoop,
     tx: Sender<ApplyRequest>,
+    /// The channel the loop sends its requests into, when a relay stands in front of the
+    /// worker's own (see [`InlineApply::behind`]).
+    upstream: Option<Sender<ApplyRequest>>,
     /// Tasks applied here since the worker was last woken for its background work.
     since_nudge: u32,
 }
@@ -490,7 +493,7 @@ impl InlineApply {
     /// `None`; otherwise gives it back, to be sent to the worker.
     pub fn apply_here(&mut self, req: ApplyRequest) -> Option<ApplyRequest> {
         let task = match req {
-            ApplyRequest::Apply(task) if inline_candidate(&task) && self.tx.is_empty() => task,
+            ApplyRequest::Apply(task) if inline_candidate(&task) && self.nothing_queued() => task,
             other => return Some(other),
         };
         let mut guard = match self.shared.try_lock() {
@@ -499,7 +502,7 @@ impl InlineApply {
             Err(TryLockError::WouldBlock) => return Some(ApplyRequest::Apply(task)),
         };
         let al = match guard.as_mut() {
-            Some(al) if self.tx.is_empty() && !al.failed && al.events_have_room() => al,
+            Some(al) if self.nothing_queued() && !al.failed && al.events_have_room() => al,
             _ => return Some(ApplyRequest::Apply(task)),
         };
         if let Err(e) = al.apply_task(task) {
@@ -509,14 +512,30 @@ impl InlineApply {
         drop(guard);
         self.since_nudge += 1;
         // A full channel wakes the worker anyway, and it then finds the work due.
+        let nudges = self.upstream.as_ref().unwrap_or(&self.tx);
         if checkpoint_due {
-            let _ = self.tx.try_send(ApplyRequest::Checkpoint);
+            let _ = nudges.try_send(ApplyRequest::Checkpoint);
             self.since_nudge = 0;
         } else if self.since_nudge >= INLINE_APPLIES_PER_NUDGE {
-            let _ = self.tx.try_send(ApplyRequest::Background);
+            let _ = nudges.try_send(ApplyRequest::Background);
             self.since_nudge = 0;
         }
         None
+    }
+
+    /// For a caller whose requests reach the worker through a relay (`upstream`, a channel the
+    /// caller drains into the worker in order, as the store simulator does to keep the worker
+    /// from running alongside it): a task is applied here only when the relay is empty too, and
+    /// the nudges go through the relay. Without this, a task applied here could overtake one
+    /// still waiting in the relay.
+    pub fn behind(mut self, upstream: Sender<ApplyRequest>) -> InlineApply {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// Whether no request sent before is still waiting, in the worker's channel or the relay.
+    fn nothing_queued(&self) -> bool {
+        self.tx.is_empty() && self.upstream.as_ref().is_none_or(|u| u.is_empty())
     }
 }
 
@@ -573,6 +592,7 @@ impl ApplyWorker {
         Some(InlineApply {
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone()?,
+            upstream: None,
             since_nudge: 0,
         })
     }

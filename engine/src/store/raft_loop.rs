@@ -1362,7 +1362,10 @@ impl StoreLoop {
         while let Some(req) = self.apply_backlog.pop_front() {
             let req = match self.inline_apply.as_mut() {
                 Some(inline) => match inline.apply_here(req) {
-                    None => continue,
+                    None => {
+                        self.metrics.inline_apply_tasks_total.inc();
+                        continue;
+                    }
                     Some(req) => req,
                 },
                 None => req,

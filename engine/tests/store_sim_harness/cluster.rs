@@ -59,6 +59,9 @@ pub struct Params {
     /// The operator picks a split key inside the chosen region (else one random key name,
     /// often outside it: fewer splits).
     pub eager_splits: bool,
+    /// The loops apply small put/delete tasks themselves (`InlineApply`, behind the relay) while
+    /// the apply worker is idle, as a loop driven on the network runtime does.
+    pub inline_apply: bool,
 }
 
 impl Default for Params {
@@ -85,6 +88,7 @@ impl Default for Params {
             retry_new_sequence: false,
             op_timeout_ms: None,
             eager_splits: false,
+            inline_apply: false,
         }
     }
 }
@@ -259,6 +263,7 @@ impl Sim {
                 n.read_mode = engine::store::ReadMode::Lease;
             }
             n.hibernate_idle_ticks = p.hibernate_idle_ticks;
+            n.inline_apply = p.inline_apply;
             n.start(seed, &initial);
         }
         let net = if p.faults {
@@ -1410,6 +1415,14 @@ impl Sim {
         self.stats.insert("ops_answered", n);
         self.stats
             .insert("terms_with_leader", self.leaders.len() as u64);
+        if self.p.inline_apply {
+            let inline: u64 = self
+                .nodes
+                .iter()
+                .map(|n| n.metrics.inline_apply_tasks_total.get())
+                .sum();
+            self.stats.insert("inline_applies", inline);
+        }
         for o in &self.history {
             self.trace = fnv(
                 self.trace,

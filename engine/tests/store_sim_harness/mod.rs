@@ -16,6 +16,14 @@
 //! timing-dependent: the apply worker's idle compaction steps (they do not change any value the
 //! loop sees). A replay of a seed gives the same history (the trace hash is printed).
 //!
+//! With `inline_apply` the loops also apply small put/delete tasks themselves while the worker
+//! is idle (`InlineApply`, as a loop driven on a node's network runtime does), behind the relay
+//! (`InlineApply::behind`): only when the relay and the worker's channel are both empty, and the
+//! worker's background nudges go through the relay too, so runs stay deterministic. (Without
+//! `behind`, inline applies overtake requests still in the relay, a split's among them: within
+//! a few seeds the splits test then finds a split child holding keys outside its range and
+//! replicas that differ, so the checks do catch a broken apply order.)
+//!
 //! # Faults
 //! Seeded per run: message delay, drops, duplicates (and so reordering), partitions (one store
 //! cut off, or a split in two groups) that heal, store crashes (the state store's writes are

@@ -141,6 +141,10 @@ pub struct Node {
     pub read_mode: ReadMode,
     /// Overrides `StoreConfig::hibernate_idle_ticks`.
     pub hibernate_idle_ticks: Option<u32>,
+    /// See `Params::inline_apply`.
+    pub inline_apply: bool,
+    /// The store's metrics, kept across restarts.
+    pub metrics: Arc<StoreMetrics>,
 }
 
 /// A formatted sim device for `store_id`.
@@ -180,6 +184,8 @@ impl Node {
             crashes: 0,
             read_mode: ReadMode::ReadIndex,
             hibernate_idle_ticks: None,
+            inline_apply: false,
+            metrics: Arc::new(StoreMetrics::new()),
         }
     }
 
@@ -250,8 +256,13 @@ impl Node {
             Box::new(SimLog(Arc::clone(&shared))),
             relay_tx.clone(),
             snap_handle.clone(),
-            Arc::new(StoreMetrics::new()),
+            Arc::clone(&self.metrics),
         );
+        if self.inline_apply {
+            // Behind the relay: a task applied inline must not overtake one still in it.
+            let inline = apply.inline().expect("apply worker running");
+            lp.set_inline_apply(inline.behind(relay_tx.clone()));
+        }
         for f in found {
             let single = f.meta.peers.len() == 1;
             lp.add_peer(f.meta, f.origin, single).expect("add peer");
