@@ -215,6 +215,21 @@ fn inline_applies_under_faults() {
     );
 }
 
+/// Inline applies through crashes of any number of stores at once, up to the whole cluster
+/// (power loss everywhere): what was applied inline and not yet checkpointed comes back from
+/// the log on every store.
+#[test]
+fn inline_applies_through_whole_cluster_crashes() {
+    run_seeds(
+        seeds(12, 62_000),
+        Params {
+            crash_any: true,
+            inline_apply: true,
+            ..Default::default()
+        },
+    );
+}
+
 /// Inline applies with splits and membership changes (snapshots built and installed by the
 /// worker between inline applies).
 #[test]
