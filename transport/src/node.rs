@@ -371,9 +371,12 @@ impl NodeTransport {
             async move {
                 while let Turn::Wait(timeout) = driver.turn() {
                     // The turn's messages go out first (the transport's tasks run during the
-                    // yield), then its log write goes on the device.
-                    tokio::task::yield_now().await;
-                    driver.start_log_writes();
+                    // yield), then its log write goes on the device. A turn that wrote
+                    // nothing skips the yield (each costs the runtime a poll of its reactor).
+                    if driver.has_log_writes_to_start() {
+                        tokio::task::yield_now().await;
+                        driver.start_log_writes();
+                    }
                     if timeout.is_zero() {
                         tokio::task::yield_now().await;
                     } else {

@@ -232,6 +232,12 @@ impl LogStore {
             + self.second.as_ref().map_or(0, |s| s.batch.tickets.len())
     }
 
+    /// Whether appended batches wait to be put on the device (the next [`Self::poll`] submits
+    /// them).
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// Whether nothing is queued or in flight.
     pub(crate) fn is_idle(&self) -> bool {
         self.in_flight.is_none() && self.queue.is_empty() && self.second.is_none()

@@ -93,6 +93,11 @@ pub trait LogSink: Send {
     /// on the device. Its owner calls it once the messages the loop queued meanwhile have gone
     /// out (a leader sends before it writes). A sink that writes on its own does nothing.
     fn start(&mut self) {}
+    /// Whether [`Self::start`] has batches to put on the device (always `false` for a sink
+    /// that writes on its own).
+    fn has_writes_to_start(&self) -> bool {
+        false
+    }
 }
 
 /// Raft messages for other stores, grouped by store id.
@@ -339,6 +344,11 @@ impl StoreLoop {
     /// Puts appended log batches on the device (see [`LogSink::start`]).
     pub fn start_log(&mut self) {
         self.log.start();
+    }
+
+    /// Whether appended log batches wait for [`Self::start_log`].
+    pub fn has_log_writes_to_start(&self) -> bool {
+        self.log.has_writes_to_start()
     }
 
     /// Whether nothing is waiting on the log.

@@ -221,6 +221,10 @@ impl LogSink for InlineSink {
         }
     }
 
+    fn has_writes_to_start(&self) -> bool {
+        self.log.has_queued()
+    }
+
     fn start(&mut self) {
         self.poll(false);
         // The device is busy with the write now: earlier batches' records go into the index
@@ -723,6 +727,15 @@ impl StoreDriver {
         if let Some(lp) = self.lp.as_mut() {
             lp.start_log();
         }
+    }
+
+    /// Whether the last turn appended log batches that [`Self::start_log_writes`] would put on
+    /// the device (always `false` when a writer thread drives the log). A runtime skips its
+    /// yield before starting them when there are none.
+    pub fn has_log_writes_to_start(&self) -> bool {
+        self.lp
+            .as_ref()
+            .is_some_and(StoreLoop::has_log_writes_to_start)
     }
 
     /// One turn of the loop; see [`Turn`].
