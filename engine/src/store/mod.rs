@@ -74,7 +74,7 @@ mod wire;
 
 pub use config::{ReadMode, StoreConfig};
 pub use raft_loop::{LogSink, Outgoing, PeerOrigin, StoreLoop};
-pub use runtime::{prepare, Found, Store, StoreDriver, StoreOptions, Turn};
+pub use runtime::{prepare, Found, Store, StoreDriver, StoreOptions, Turn, UNWATCHED_LOG_POLL};
 pub use wake::LoopWake;
 
 pub use api::{

@@ -351,6 +351,11 @@ impl StoreLoop {
         self.log.has_writes_to_start()
     }
 
+    /// Whether a log write this loop appended is not yet reported durable (or failed).
+    pub fn has_log_writes_in_flight(&self) -> bool {
+        self.inflight.iter().any(|b| b.wrote)
+    }
+
     /// Whether nothing is waiting on the log.
     pub fn is_idle(&self) -> bool {
         self.inflight.is_empty() && self.batch.is_empty() && self.apply_backlog.is_empty()

@@ -608,6 +608,7 @@ impl Store {
             tick,
             next_tick: Instant::now() + tick,
             ended: ended_tx,
+            log_unwatched: false,
         };
         let store = Store {
             store_id,
@@ -697,7 +698,15 @@ pub struct StoreDriver {
     tick: Duration,
     next_tick: Instant,
     ended: Sender<Result<()>>,
+    /// The caller cannot watch the log's completion eventfd (see
+    /// [`StoreDriver::log_completions_unwatched`]).
+    log_unwatched: bool,
 }
+
+/// The longest a turn asks its caller to wait while a log write is in flight and nobody
+/// watches the device's completions (see [`StoreDriver::log_completions_unwatched`]): the
+/// resolution of tokio's timer.
+pub const UNWATCHED_LOG_POLL: Duration = Duration::from_millis(1);
 
 impl StoreDriver {
     /// The store's id.
@@ -719,6 +728,16 @@ impl StoreDriver {
         self.log_fd.take()
     }
 
+    /// The caller took the log's completion eventfd ([`Self::take_log_completion_fd`]) but
+    /// cannot watch it (its reactor refused it, say). Without the eventfd, a completion would
+    /// be seen at the next tick only (100 ms by default), and every commit would wait that
+    /// long; from now on, a turn that leaves a log write in flight asks to be turned again
+    /// within [`UNWATCHED_LOG_POLL`], so the loop polls the device that often while it has
+    /// writes on it, and not at all while it has none.
+    pub fn log_completions_unwatched(&mut self) {
+        self.log_unwatched = true;
+    }
+
     /// When the loop drives the log itself: puts the batches the last turn appended on the
     /// device. Call it after every turn, once the messages the turn queued have been sent
     /// (on a runtime: after yielding once, so the transport's tasks run first). Without it,
@@ -736,6 +755,13 @@ impl StoreDriver {
         self.lp
             .as_ref()
             .is_some_and(StoreLoop::has_log_writes_to_start)
+    }
+
+    /// Whether a log write of the loop is on the device, not yet reported durable.
+    pub fn has_log_writes_in_flight(&self) -> bool {
+        self.lp
+            .as_ref()
+            .is_some_and(StoreLoop::has_log_writes_in_flight)
     }
 
     /// One turn of the loop; see [`Turn`].
@@ -787,7 +813,11 @@ impl StoreDriver {
         if lp.is_stopping() {
             return Turn::Finished;
         }
-        Turn::Wait(self.next_tick.saturating_duration_since(Instant::now()))
+        let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+        if self.log_unwatched && lp.has_log_writes_in_flight() {
+            return Turn::Wait(until_tick.min(UNWATCHED_LOG_POLL));
+        }
+        Turn::Wait(until_tick)
     }
 
     /// Runs the loop on the calling thread until it stops, blocking on its inputs in between.
