@@ -243,6 +243,58 @@ fn inline_applies_with_splits_and_membership() {
     );
 }
 
+/// The loops drive their logs through the production `InlineSink` and apply small tasks
+/// inline, as every store of a node with one network thread (the demo, `cluster_bench`) does
+/// with the `uring` backend, under `inline_applies_under_faults`' faults and retried writes:
+/// a batch's messages leave only once it is durable, completions reach the loop in order, and
+/// crashes lose nothing acknowledged.
+#[test]
+fn inline_logs_under_faults() {
+    run_seeds(
+        seeds(30, 70_000),
+        Params {
+            retries: true,
+            pre_split: 1,
+            keys: 4,
+            clients: 4,
+            op_timeout_ms: Some(400),
+            inline_apply: true,
+            inline_log: true,
+            ..Default::default()
+        },
+    );
+}
+
+/// `InlineSink` through crashes of any number of stores at once, up to power loss everywhere:
+/// writes in flight on the device when the power goes are never acknowledged, and what was
+/// acknowledged comes back from the log.
+#[test]
+fn inline_logs_through_whole_cluster_crashes() {
+    run_seeds(
+        seeds(30, 72_000),
+        Params {
+            crash_any: true,
+            inline_apply: true,
+            inline_log: true,
+            ..Default::default()
+        },
+    );
+}
+
+/// `InlineSink` with splits and membership changes (log records of new and removed regions,
+/// snapshot installs).
+#[test]
+fn inline_logs_with_splits_and_membership() {
+    run_seeds(
+        seeds(6, 75_000),
+        Params {
+            inline_apply: true,
+            inline_log: true,
+            ..splits_and_membership_params()
+        },
+    );
+}
+
 /// Long idle periods with a short hibernation delay, then traffic, under crashes: leaders
 /// come back and every region takes a write within a bound after healing.
 #[test]

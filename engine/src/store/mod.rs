@@ -74,7 +74,9 @@ mod wire;
 
 pub use config::{ReadMode, StoreConfig};
 pub use raft_loop::{LogSink, Outgoing, PeerOrigin, StoreLoop};
-pub use runtime::{prepare, Found, Store, StoreDriver, StoreOptions, Turn, UNWATCHED_LOG_POLL};
+pub use runtime::{
+    prepare, Found, InlineSink, Store, StoreDriver, StoreOptions, Turn, UNWATCHED_LOG_POLL,
+};
 pub use wake::LoopWake;
 
 pub use api::{

@@ -170,7 +170,9 @@ impl LogSink for WriterSink {
 /// answers at once. On a follower both are on the critical path of every commit. Group commit
 /// is unchanged: the loop gathers each turn's Readies into one batch, and batches appended
 /// while a write is in flight go out together as the next one.
-struct InlineSink {
+///
+/// Public for the store simulator, which drives its loops' logs through this same sink.
+pub struct InlineSink {
     log: LogStore,
     /// Appended batches not yet durable, by the log's ticket: the loop's batch number and the
     /// messages that leave once it is durable.
@@ -181,6 +183,18 @@ struct InlineSink {
 }
 
 impl InlineSink {
+    /// A sink over `log` that sends each durable batch's messages through `transport`. Its
+    /// loop's caller puts appended batches on the device ([`StoreLoop::start_log`]) and
+    /// collects finished ones ([`StoreLoop::reap_log`]), as [`StoreDriver`] does.
+    pub fn new(log: LogStore, transport: Arc<dyn Transport>) -> InlineSink {
+        InlineSink {
+            log,
+            pending: Default::default(),
+            done: Vec::new(),
+            transport,
+        }
+    }
+
     /// Starts queued writes and collects finished ones into `done`.
     fn poll(&mut self, wait: bool) {
         let acks = match self.log.poll(wait) {
@@ -551,12 +565,7 @@ impl Store {
         };
         let (done_tx, done_rx) = unbounded();
         let sink: Box<dyn LogSink> = if log_fd.is_some() {
-            Box::new(InlineSink {
-                log,
-                pending: Default::default(),
-                done: Vec::new(),
-                transport: Arc::clone(&transport),
-            })
+            Box::new(InlineSink::new(log, Arc::clone(&transport)))
         } else {
             Box::new(WriterSink {
                 writer: LogWriterThread::spawn(log)?,

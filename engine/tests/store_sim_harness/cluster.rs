@@ -62,6 +62,12 @@ pub struct Params {
     /// The loops apply small put/delete tasks themselves (`InlineApply`, behind the relay) while
     /// the apply worker is idle, as a loop driven on the network runtime does.
     pub inline_apply: bool,
+    /// The loops drive their logs through the production `InlineSink` (as a loop driven on
+    /// the network runtime with the `uring` backend does): the harness starts each loop's
+    /// appended writes and reaps its completions through the loop, and the sink sends a
+    /// durable batch's messages itself. Without it, the harness's own sink stands in for the
+    /// writer thread and releases completions at simulated times.
+    pub inline_log: bool,
 }
 
 impl Default for Params {
@@ -89,6 +95,7 @@ impl Default for Params {
             op_timeout_ms: None,
             eager_splits: false,
             inline_apply: false,
+            inline_log: false,
         }
     }
 }
@@ -264,6 +271,7 @@ impl Sim {
             }
             n.hibernate_idle_ticks = p.hibernate_idle_ticks;
             n.inline_apply = p.inline_apply;
+            n.inline_log = p.inline_log;
             n.start(seed, &initial);
         }
         let net = if p.faults {
@@ -1372,9 +1380,9 @@ impl Sim {
                 let id = self.nodes[i].id;
                 if let Some(run) = self.nodes[i].run.as_mut() {
                     let failure = run.lp.failure().map(str::to_string);
-                    {
+                    if let Some(log) = run.log.as_ref() {
                         use raftlog::Storage;
-                        let rl = run.log.lock().unwrap().log.region_log(1);
+                        let rl = log.lock().unwrap().log.region_log(1);
                         let (f, l) = (rl.first_index().unwrap_or(0), rl.last_index().unwrap_or(0));
                         let hs = rl.initial_state().map(|s| s.hard_state);
                         detail += &format!(

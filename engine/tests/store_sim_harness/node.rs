@@ -18,8 +18,8 @@ use engine::state::worker::{
 };
 use engine::state::{StateConfig, StateStore};
 use engine::store::{
-    prepare, ClientRequest, ClientResponse, LogSink, Outgoing, RaftMessage, ReadMode, RegionInfo,
-    RegionMeta, SnapshotReceipt, StoreConfig, StoreEvent, StoreLoop, Transport,
+    prepare, ClientRequest, ClientResponse, InlineSink, LogSink, Outgoing, RaftMessage, ReadMode,
+    RegionInfo, RegionMeta, SnapshotReceipt, StoreConfig, StoreEvent, StoreLoop, Transport,
 };
 
 use crate::log_harness::SharedSim;
@@ -108,7 +108,8 @@ impl LogSink for SimLog {
 /// A store while it runs.
 pub struct Running {
     pub lp: StoreLoop,
-    pub log: Arc<Mutex<SimLogInner>>,
+    /// The harness's own log sink; `None` with `inline_log` (the loop's `InlineSink`).
+    pub log: Option<Arc<Mutex<SimLogInner>>>,
     pub apply: ApplyWorker,
     pub snaps: SnapshotWorker,
     pub snap_handle: SnapshotHandle,
@@ -143,6 +144,8 @@ pub struct Node {
     pub hibernate_idle_ticks: Option<u32>,
     /// See `Params::inline_apply`.
     pub inline_apply: bool,
+    /// See `Params::inline_log`.
+    pub inline_log: bool,
     /// The store's metrics, kept across restarts.
     pub metrics: Arc<StoreMetrics>,
 }
@@ -185,6 +188,7 @@ impl Node {
             read_mode: ReadMode::ReadIndex,
             hibernate_idle_ticks: None,
             inline_apply: false,
+            inline_log: false,
             metrics: Arc::new(StoreMetrics::new()),
         }
     }
@@ -243,17 +247,23 @@ impl Node {
             me: self.id,
             out: Arc::clone(&self.out),
         });
-        let shared = Arc::new(Mutex::new(SimLogInner {
-            log,
-            tickets: VecDeque::new(),
-            refused: Vec::new(),
-            after: HashMap::new(),
-            transport: Arc::clone(&transport),
-        }));
+        let (sink, shared): (Box<dyn LogSink>, _) = if self.inline_log {
+            let t: Arc<dyn Transport> = transport.clone();
+            (Box::new(InlineSink::new(log, t)), None)
+        } else {
+            let shared = Arc::new(Mutex::new(SimLogInner {
+                log,
+                tickets: VecDeque::new(),
+                refused: Vec::new(),
+                after: HashMap::new(),
+                transport: Arc::clone(&transport),
+            }));
+            (Box::new(SimLog(Arc::clone(&shared))), Some(shared))
+        };
         let mut lp = StoreLoop::new(
             cfg,
             transport,
-            Box::new(SimLog(Arc::clone(&shared))),
+            sink,
             relay_tx.clone(),
             snap_handle.clone(),
             Arc::clone(&self.metrics),
@@ -438,9 +448,22 @@ impl Running {
         }
     }
 
-    /// Polls the log device; schedules completions at `now_ms + delay`, in order.
+    /// Polls the log device; schedules completions at `now_ms + delay`, in order. With the
+    /// loop's `InlineSink`, starts its appended writes and hands it its completions now, as
+    /// the network runtime's driver does.
     pub fn poll_log(&mut self, now_ms: u64, delay_ms: u64) {
-        let mut g = self.log.lock().unwrap();
+        let Some(log) = self.log.as_ref() else {
+            self.lp.start_log();
+            let events = self.lp.reap_log(false);
+            if !events.is_empty() {
+                self.touched = true;
+            }
+            for ev in events {
+                self.lp.handle_event(ev);
+            }
+            return;
+        };
+        let mut g = log.lock().unwrap();
         let refused = std::mem::take(&mut g.refused);
         let acks = match g.log.poll(false) {
             Ok(a) => a,
@@ -487,8 +510,11 @@ impl Running {
         while self.done.front().is_some_and(|(at, _, _)| *at <= now_ms) {
             let (_, batch_no, result) = self.done.pop_front().expect("front");
             // As the log writer thread does: a durable batch's messages leave first.
+            let Some(log) = self.log.as_ref() else {
+                return;
+            };
             let (after, transport) = {
-                let mut g = self.log.lock().unwrap();
+                let mut g = log.lock().unwrap();
                 (g.after.remove(&batch_no), Arc::clone(&g.transport))
             };
             if result.is_ok() {
