@@ -201,18 +201,21 @@ fn retried_writes_apply_once() {
 /// yet checkpointed, and the worker's checkpoints after inline applies.
 #[test]
 fn inline_applies_under_faults() {
-    run_seeds(
-        seeds(20, 60_000),
-        Params {
-            retries: true,
-            pre_split: 1,
-            keys: 4,
-            clients: 4,
-            op_timeout_ms: Some(400),
-            inline_apply: true,
-            ..Default::default()
-        },
-    );
+    run_seeds(seeds(20, 60_000), inline_faults_params());
+}
+
+/// `inline_applies_under_faults`' parameters: retried writes with sessions over a pre-split
+/// region, inline applies on.
+fn inline_faults_params() -> Params {
+    Params {
+        retries: true,
+        pre_split: 1,
+        keys: 4,
+        clients: 4,
+        op_timeout_ms: Some(400),
+        inline_apply: true,
+        ..Default::default()
+    }
 }
 
 /// Inline applies through crashes of any number of stores at once, up to the whole cluster
@@ -253,14 +256,8 @@ fn inline_logs_under_faults() {
     run_seeds(
         seeds(30, 70_000),
         Params {
-            retries: true,
-            pre_split: 1,
-            keys: 4,
-            clients: 4,
-            op_timeout_ms: Some(400),
-            inline_apply: true,
             inline_log: true,
-            ..Default::default()
+            ..inline_faults_params()
         },
     );
 }
