@@ -48,7 +48,7 @@ impl<S: Storage> Raft<S> {
         self.campaign(kind);
     }
 
-    fn has_unapplied_conf_change(&self) -> bool {
+    pub(crate) fn has_unapplied_conf_change(&self) -> bool {
         // Entries below the first index are covered by the snapshot, whose configuration is
         // already installed.
         let lo = (self.raft_log.applied + 1).max(self.raft_log.first_index());

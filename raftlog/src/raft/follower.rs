@@ -1,7 +1,7 @@
 //! The follower's message handling: entries, heartbeats and snapshots from the leader, and
 //! forwarding of proposals, transfer and read requests to it.
 
-use super::Raft;
+use super::{Raft, StateRole};
 use crate::errors::{Error, Result};
 use crate::status::ReadState;
 use crate::storage::Storage;
@@ -55,6 +55,10 @@ impl<S: Storage> Raft<S> {
                     "MsgTimeoutNow: campaigning for transfer"
                 );
                 self.hup(true);
+                if self.state == StateRole::Follower && self.has_unapplied_conf_change() {
+                    // Not yet: campaign once they are applied (see `Raft::commit_apply`).
+                    self.transfer_campaign_ticks = self.election_timeout;
+                }
             }
             MessageType::MsgReadIndex => {
                 if self.leader_id == 0 {

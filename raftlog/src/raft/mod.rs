@@ -92,6 +92,9 @@ pub struct Raft<S: Storage> {
     pub promotable: bool,
     /// A snapshot this follower asked for (0: none).
     pub pending_request_snapshot: u64,
+    /// Ticks left in which this follower campaigns for a leadership transfer it could not
+    /// start yet (0: none; see [`Raft::commit_apply`]).
+    pub(crate) transfer_campaign_ticks: usize,
     pub(crate) read_only: ReadOnly,
     prs: ProgressTracker,
     randomized_election_timeout: usize,
@@ -140,6 +143,7 @@ impl<S: Storage> Raft<S> {
             uncommitted_size: 0,
             promotable: false,
             pending_request_snapshot: 0,
+            transfer_campaign_ticks: 0,
             read_only: ReadOnly::new(c.read_only_option),
             prs,
             randomized_election_timeout: 0,
@@ -270,6 +274,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn tick_election(&mut self) {
+        self.transfer_campaign_ticks = self.transfer_campaign_ticks.saturating_sub(1);
         self.election_elapsed += 1;
         if self.promotable && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
@@ -402,6 +407,7 @@ impl<S: Storage> Raft<S> {
         self.reset_randomized_election_timeout();
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
+        self.transfer_campaign_ticks = 0;
         self.abort_leader_transfer();
         self.prs.reset_votes();
         self.pending_conf_index = 0;
@@ -442,10 +448,31 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The application applied everything up to `applied`.
+    ///
+    /// A follower that was asked to campaign for a leadership transfer (`MsgTimeoutNow`) while
+    /// a committed conf change was not yet applied here (its own promotion from learner, say,
+    /// or the removal of another peer) campaigns now, if that was at most an election timeout
+    /// ago and the term has not changed: the leader keeps the transfer open (and refuses
+    /// proposals) that long. etcd and raft-rs drop such a request, and the transfer then
+    /// lapses: an operator who transfers leadership right after a membership change saw
+    /// nothing happen.
     pub fn commit_apply(&mut self, applied: u64) {
         let old_applied = self.raft_log.applied;
         self.raft_log.applied_to(applied);
         self.maybe_auto_leave_joint(old_applied, applied);
+        if self.transfer_campaign_ticks > 0
+            && self.state == StateRole::Follower
+            && !self.has_unapplied_conf_change()
+        {
+            self.transfer_campaign_ticks = 0;
+            tracing::info!(
+                id = self.id,
+                term = self.term,
+                applied,
+                "conf changes applied: campaigning for the transfer asked earlier"
+            );
+            self.hup(true);
+        }
     }
 
     /// Entries up to (`index`, `term`) are durable (and in storage).

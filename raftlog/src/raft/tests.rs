@@ -123,6 +123,81 @@ fn committed_unapplied_conf_change_blocks_campaign() {
     assert_eq!(r.state, StateRole::Candidate);
 }
 
+/// Follower 2 of `[1, 2, 3]` in term 1 under leader 1, with a conf change committed at index 1
+/// and not yet applied.
+fn follower_with_unapplied_conf_change() -> Raft<MemStorage> {
+    let mut r = raft(2, &[1, 2, 3], |_| {});
+    let cc = Entry {
+        entry_type: EntryType::EntryConfChangeV2,
+        term: 1,
+        index: 1,
+        ..Default::default()
+    };
+    r.raft_log.mut_store().wl().append(&[cc]).unwrap();
+    r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
+    r.become_follower(1, 1);
+    r.raft_log.commit_to(1);
+    r
+}
+
+fn timeout_now(term: u64) -> Message {
+    Message {
+        msg_type: MessageType::MsgTimeoutNow,
+        from: 1,
+        to: 2,
+        term,
+        ..Default::default()
+    }
+}
+
+/// Whether `r` asked for votes for a leadership transfer.
+fn asked_transfer_votes(r: &Raft<MemStorage>) -> bool {
+    r.msgs.iter().chain(&r.msgs_after_persist).any(|m| {
+        m.msg_type == MessageType::MsgRequestVote && m.context.as_ref() == CAMPAIGN_TRANSFER
+    })
+}
+
+#[test]
+fn transfer_asked_before_a_conf_change_is_applied_campaigns_once_it_is() {
+    let mut r = follower_with_unapplied_conf_change();
+    r.step(timeout_now(1)).unwrap();
+    assert_eq!(
+        r.state,
+        StateRole::Follower,
+        "campaigned with a conf change unapplied"
+    );
+    r.commit_apply(1);
+    assert_eq!(r.state, StateRole::Candidate);
+    assert_eq!(r.term, 2);
+    assert!(asked_transfer_votes(&r), "{:?}", r.msgs_after_persist);
+}
+
+#[test]
+fn a_deferred_transfer_campaign_lapses_after_an_election_timeout_or_a_new_term() {
+    // Lapsed: the leader gave the transfer up after an election timeout.
+    let mut r = follower_with_unapplied_conf_change();
+    r.step(timeout_now(1)).unwrap();
+    for _ in 0..r.election_timeout {
+        r.tick();
+    }
+    r.commit_apply(1);
+    assert_eq!(r.state, StateRole::Follower);
+    assert!(!asked_transfer_votes(&r));
+
+    // A new term: whatever was asked in the old one no longer holds.
+    let mut r = follower_with_unapplied_conf_change();
+    r.step(timeout_now(1)).unwrap();
+    r.become_follower(2, 3);
+    r.commit_apply(1);
+    assert_eq!(r.state, StateRole::Follower);
+    assert_eq!(r.term, 2);
+
+    // Not asked at all: applying alone never starts a campaign.
+    let mut r = follower_with_unapplied_conf_change();
+    r.commit_apply(1);
+    assert_eq!(r.state, StateRole::Follower);
+}
+
 #[test]
 fn batch_append_merges_consecutive_appends_to_a_peer() {
     let mut l = leader(&[1, 2], |c| c.batch_append = true);
