@@ -104,9 +104,9 @@ fn equal_logs_refuse_votes_to_lower_priority() {
     assert_eq!(r.vote, 1);
 }
 
-#[test]
-fn committed_unapplied_conf_change_blocks_campaign() {
-    let mut r = raft(1, &[1, 2, 3], |_| {});
+/// Node `id` of `[1, 2, 3]` with a conf change committed at index 1 and not yet applied.
+fn with_unapplied_conf_change(id: u64) -> Raft<MemStorage> {
+    let mut r = raft(id, &[1, 2, 3], |_| {});
     let cc = Entry {
         entry_type: EntryType::EntryConfChangeV2,
         term: 1,
@@ -116,6 +116,12 @@ fn committed_unapplied_conf_change_blocks_campaign() {
     r.raft_log.mut_store().wl().append(&[cc]).unwrap();
     r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
     r.raft_log.commit_to(1);
+    r
+}
+
+#[test]
+fn committed_unapplied_conf_change_blocks_campaign() {
+    let mut r = with_unapplied_conf_change(1);
     r.hup(false);
     assert_eq!(r.state, StateRole::Follower);
     r.commit_apply(1);
@@ -126,17 +132,8 @@ fn committed_unapplied_conf_change_blocks_campaign() {
 /// Follower 2 of `[1, 2, 3]` in term 1 under leader 1, with a conf change committed at index 1
 /// and not yet applied.
 fn follower_with_unapplied_conf_change() -> Raft<MemStorage> {
-    let mut r = raft(2, &[1, 2, 3], |_| {});
-    let cc = Entry {
-        entry_type: EntryType::EntryConfChangeV2,
-        term: 1,
-        index: 1,
-        ..Default::default()
-    };
-    r.raft_log.mut_store().wl().append(&[cc]).unwrap();
-    r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
+    let mut r = with_unapplied_conf_change(2);
     r.become_follower(1, 1);
-    r.raft_log.commit_to(1);
     r
 }
 
