@@ -55,8 +55,9 @@ impl<S: Storage> Raft<S> {
                     "MsgTimeoutNow: campaigning for transfer"
                 );
                 self.hup(true);
-                if self.state == StateRole::Follower && self.has_unapplied_conf_change() {
-                    // Not yet: campaign once they are applied (see `Raft::commit_apply`).
+                if self.state == StateRole::Follower {
+                    // Refused: not a voter yet, or a conf change is not applied yet. Campaign
+                    // once both hold (see `Raft::commit_apply`).
                     self.transfer_campaign_ticks = self.election_timeout;
                 }
             }

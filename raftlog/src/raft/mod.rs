@@ -450,18 +450,19 @@ impl<S: Storage> Raft<S> {
     /// The application applied everything up to `applied`.
     ///
     /// A follower that was asked to campaign for a leadership transfer (`MsgTimeoutNow`) while
-    /// a committed conf change was not yet applied here (its own promotion from learner, say,
-    /// or the removal of another peer) campaigns now, if that was at most an election timeout
-    /// ago and the term has not changed: the leader keeps the transfer open (and refuses
-    /// proposals) that long. etcd and raft-rs drop such a request, and the transfer then
-    /// lapses: an operator who transfers leadership right after a membership change saw
-    /// nothing happen.
+    /// it could not (a committed conf change not yet applied here, such as the removal of
+    /// another peer, or its own promotion from learner not yet applied or not yet known
+    /// committed) campaigns once it can, if that is at most an election timeout later and the
+    /// term has not changed: the leader keeps the transfer open (and refuses proposals) that
+    /// long. etcd and raft-rs drop such a request, and the transfer then lapses: an operator
+    /// who transfers leadership right after a membership change saw nothing happen.
     pub fn commit_apply(&mut self, applied: u64) {
         let old_applied = self.raft_log.applied;
         self.raft_log.applied_to(applied);
         self.maybe_auto_leave_joint(old_applied, applied);
         if self.transfer_campaign_ticks > 0
             && self.state == StateRole::Follower
+            && self.promotable
             && !self.has_unapplied_conf_change()
         {
             self.transfer_campaign_ticks = 0;
