@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::storage::MemStorage;
-use crate::types::{ConfState, Entry, EntryType};
+use crate::types::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 
 fn raft(id: u64, voters: &[u64], tweak: impl Fn(&mut Config)) -> Raft<MemStorage> {
     let store = MemStorage::new_with_conf_state(ConfState::from_voters(voters.to_vec()));
@@ -193,6 +193,44 @@ fn a_deferred_transfer_campaign_lapses_after_an_election_timeout_or_a_new_term()
     let mut r = follower_with_unapplied_conf_change();
     r.commit_apply(1);
     assert_eq!(r.state, StateRole::Follower);
+}
+
+#[test]
+fn a_learner_asked_to_campaign_before_its_promotion_is_known_committed_campaigns_once_applied() {
+    // Learner 2 of voters [1, 3] holds its promotion at index 1, not yet known committed.
+    let store =
+        MemStorage::new_with_conf_state(ConfState::from_voters_learners(vec![1, 3], vec![2]));
+    let c = Config {
+        rng_seed: 1,
+        pre_vote: false,
+        check_quorum: false,
+        ..Config::new(2)
+    };
+    let mut r = Raft::new(&c, store).unwrap();
+    let promote = Entry {
+        entry_type: EntryType::EntryConfChangeV2,
+        term: 1,
+        index: 1,
+        ..Default::default()
+    };
+    r.raft_log.mut_store().wl().append(&[promote]).unwrap();
+    r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
+    r.become_follower(1, 1);
+    r.step(timeout_now(1)).unwrap();
+    assert_eq!(r.state, StateRole::Follower, "a learner campaigned");
+    // The commit reaches it, then the promotion is applied.
+    r.raft_log.commit_to(1);
+    r.apply_conf_change(&ConfChangeV2 {
+        changes: vec![ConfChangeSingle {
+            change_type: ConfChangeType::AddNode,
+            node_id: 2,
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    r.commit_apply(1);
+    assert_eq!(r.state, StateRole::Candidate);
+    assert!(asked_transfer_votes(&r), "{:?}", r.msgs_after_persist);
 }
 
 #[test]
