@@ -104,9 +104,8 @@ fn equal_logs_refuse_votes_to_lower_priority() {
     assert_eq!(r.vote, 1);
 }
 
-/// Node `id` of `[1, 2, 3]` with a conf change committed at index 1 and not yet applied.
-fn with_unapplied_conf_change(id: u64) -> Raft<MemStorage> {
-    let mut r = raft(id, &[1, 2, 3], |_| {});
+/// `r` with a conf change entry at index 1 of term 1 in its (empty) log, not committed.
+fn with_conf_change_at_1(mut r: Raft<MemStorage>) -> Raft<MemStorage> {
     let cc = Entry {
         entry_type: EntryType::EntryConfChangeV2,
         term: 1,
@@ -115,6 +114,12 @@ fn with_unapplied_conf_change(id: u64) -> Raft<MemStorage> {
     };
     r.raft_log.mut_store().wl().append(&[cc]).unwrap();
     r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
+    r
+}
+
+/// Node `id` of `[1, 2, 3]` with a conf change committed at index 1 and not yet applied.
+fn with_unapplied_conf_change(id: u64) -> Raft<MemStorage> {
+    let mut r = with_conf_change_at_1(raft(id, &[1, 2, 3], |_| {}));
     r.raft_log.commit_to(1);
     r
 }
@@ -206,15 +211,7 @@ fn a_learner_asked_to_campaign_before_its_promotion_is_known_committed_campaigns
         check_quorum: false,
         ..Config::new(2)
     };
-    let mut r = Raft::new(&c, store).unwrap();
-    let promote = Entry {
-        entry_type: EntryType::EntryConfChangeV2,
-        term: 1,
-        index: 1,
-        ..Default::default()
-    };
-    r.raft_log.mut_store().wl().append(&[promote]).unwrap();
-    r.raft_log = crate::raft_log::RaftLog::new(r.raft_log.store.clone());
+    let mut r = with_conf_change_at_1(Raft::new(&c, store).unwrap());
     r.become_follower(1, 1);
     r.step(timeout_now(1)).unwrap();
     assert_eq!(r.state, StateRole::Follower, "a learner campaigned");
