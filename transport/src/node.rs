@@ -354,9 +354,7 @@ impl NodeTransport {
         driver.wake().set(Box::new(move || hook.notify_one()));
         let span = tracing::info_span!("store", store_id = driver.store_id());
         let _entered = self.inner.handle.enter();
-        let taken = driver.take_log_completion_fd();
-        let had_fd = taken.is_some();
-        let log_fd = taken.and_then(|fd| {
+        let log_fd = driver.take_log_completion_fd().and_then(|fd| {
             // SAFETY: the `File` owns the descriptor, keeps it open until the `AsyncFd` drops
             // it, and always returns that same descriptor from `as_raw_fd`.
             let watched = unsafe {
@@ -368,13 +366,11 @@ impl NodeTransport {
             watched
                 .map_err(|e| {
                     warn!(error = %e, poll_ms = UNWATCHED_LOG_POLL.as_millis() as u64,
-                        "log completions unwatched; the store polls its log device while writes are in flight")
+                        "log completions unwatched; the store polls its log device while writes are in flight");
+                    driver.log_completions_unwatched();
                 })
                 .ok()
         });
-        if had_fd && log_fd.is_none() {
-            driver.log_completions_unwatched();
-        }
         self.inner.handle.spawn(
             async move {
                 while let Turn::Wait(timeout) = driver.turn() {

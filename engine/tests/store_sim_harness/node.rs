@@ -506,13 +506,14 @@ impl Running {
     }
 
     /// Releases the completions due at `now_ms`.
+    /// (With the loop's `InlineSink` nothing is scheduled here: see [`Running::poll_log`].)
     pub fn release_log(&mut self, now_ms: u64) {
+        let Some(log) = self.log.clone() else {
+            return;
+        };
         while self.done.front().is_some_and(|(at, _, _)| *at <= now_ms) {
             let (_, batch_no, result) = self.done.pop_front().expect("front");
             // As the log writer thread does: a durable batch's messages leave first.
-            let Some(log) = self.log.as_ref() else {
-                return;
-            };
             let (after, transport) = {
                 let mut g = log.lock().unwrap();
                 (g.after.remove(&batch_no), Arc::clone(&g.transport))
