@@ -75,6 +75,9 @@ fn workload(path: &Path, backend: Backend) {
     assert_eq!(report.batches, 0);
     let writer = LogWriterThread::spawn(store).unwrap();
     let per_thread = 60u64;
+    // Regions 1 and 2 wait on callbacks, regions 3 and 4 on `append_sync`: both kinds of
+    // acknowledgement in the same batches, and appends from four threads, which the writer
+    // thread gathers.
     std::thread::scope(|s| {
         for region in 1..=4u64 {
             let writer = &writer;
@@ -91,6 +94,10 @@ fn workload(path: &Path, backend: Backend) {
                             commit: index,
                         },
                     );
+                    if region >= 3 {
+                        writer.append_sync(b).expect("durable");
+                        continue;
+                    }
                     writer
                         .append(
                             b,

@@ -301,7 +301,7 @@ impl LogJob {
         Ok((store, stats))
     }
 
-    /// One of `numjobs` writers: append, wait for the durability callback, repeat.
+    /// One of `numjobs` writers: append, wait until durable (`append_sync`), repeat.
     fn writer_thread(
         &self,
         log: &LogWriterThread,
@@ -310,14 +310,11 @@ impl LogJob {
     ) -> Result<OpStats, EngineError> {
         let mut writer = RegionCursor::new(self.regions, self.numjobs, job);
         let mut stats = OpStats::new();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), EngineError>>(1);
         let result = (|| {
             while self.claim(start) {
                 let batch = writer.next_batch(self.entries_per_write, &self.payload);
-                let tx = tx.clone();
                 let t0 = Instant::now();
-                log.append(batch, Box::new(move |r| drop(tx.send(r))))?;
-                rx.recv().map_err(|_| EngineError::WriterStopped)??;
+                log.append_sync(batch)?;
                 stats.record(self.append_bytes(), t0.elapsed());
                 self.record_done();
                 if writer.compaction_due(self.device_bytes_written(), COMPACT_EVERY_BYTES) {
