@@ -46,7 +46,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release -q -p tools --bin basalt-bench
+cargo build --release -q -p benches --bin gather_bound
 bench="${CARGO_TARGET_DIR:-$repo/target}/release/basalt-bench"
+gather_bound="${CARGO_TARGET_DIR:-$repo/target}/release/gather_bound"
 
 # ---- the scratch file (or loop device) --------------------------------------------------------
 mkdir -p "$dir"
@@ -117,6 +119,14 @@ ref_log() {
     --numjobs="$4" --runtime="$runtime_s" "${files[@]}" 2>>"$errlog"
 }
 
+# gather_bound NUMJOBS -> JSON line: the ceiling of NUMJOBS closed-loop threads of one 256 B
+# entry each, gathered into one durable write in flight with nothing else done (see
+# benches/src/bin/gather_bound.rs), on the same file or device.
+gather_run() {
+  "$gather_bound" --filename="$target" --numjobs="$1" --entry-size=256 --runtime="$runtime_s" \
+    2>>"$errlog"
+}
+
 # fio_jobs BS NUMJOBS -> total synced write IOPS of NUMJOBS fio jobs, each at queue depth 1 with
 # fdatasync after every write, each in its own slice of the file: independent synced writers
 # sharing the device, with nobody grouping their writes.
@@ -163,32 +173,51 @@ row "----" "------" "---------" "-----" "------" ""
 done
 
 # ---- (b) log synced appends vs the raw synced write limit at the same write size ---------------
-# Each case alternates basalt-bench and fio (synced sequential writes of the log's mean write size,
-# rounded up to whole 4 KiB blocks, as measured by the first log run), best of $repeat each.
+# Each case alternates basalt-bench and fio, best of $repeat each. One writer: the log's device
+# writes/s against fio's synced sequential writes of the log's mean write size (rounded up to
+# whole 4 KiB blocks, as measured by the first log run). N writers of one entry each: they wait
+# for their own entry, so the log's write rate follows them, not the device (it gathers their
+# entries into fewer, larger writes); the raw limit with the same writers is N fio jobs, each
+# making one entry's write (the size the one-writer case wrote) synced at a time, and the
+# figure compared is the entries/s the log acknowledges against fio's synced writes/s.
 write_size() { jq '.device_write_bytes_mean // 0' <<<"$1" | awk '{ n = int(($1 + 4095) / 4096); if (n < 1) n = 1; print n * 4096 }'; }
-declare -A entries_s=()
+declare -A entries_s=() one_entry_bs=()
 [[ $rows == *b* ]] && for regions in 1 100; do
   for entry in 256 4096; do
     for mode in "1 1" "64 1" "1 8"; do
       read -r epw jobs <<<"$mode"
       [ "$jobs" -gt "$regions" ] && continue
       json=$(bb_log "$regions" "$entry" "$epw" "$jobs")
-      bs=$(write_size "$json")
-      f=$(fio_run write "$bs" 1 io_uring 1)
+      if [ "$jobs" -gt 1 ]; then
+        bs=${one_entry_bs["$regions/$entry"]:-4096}
+        raw() { fio_jobs "$bs" "$jobs"; }
+      else
+        bs=$(write_size "$json")
+        raw() { fio_run write "$bs" 1 io_uring 1; }
+      fi
+      [ "$epw" = 1 ] && [ "$jobs" = 1 ] && one_entry_bs["$regions/$entry"]=$bs
+      f=$(raw)
       for ((i = 1; i < repeat; i++)); do
         run=$(bb_log "$regions" "$entry" "$epw" "$jobs")
         json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$json $run")
-        f=$(max "$f" "$(fio_run write "$bs" 1 io_uring 1)")
+        f=$(max "$f" "$(raw)")
       done
       eps=$(jq '.entries_per_s // 0' <<<"$json")
       wps=$(jq '.device_writes_per_s // 0' <<<"$json")
       cpu=$(jq '.cpu_us_per_entry // 0' <<<"$json")
       p99=$(jq '.latency_us_p99 // 0' <<<"$json")
       entries_s["$regions/$entry/$epw/$jobs"]=$eps
-      r=$(ratio "$wps" "$f")
-      label="(b) log r=$regions e=${entry}B epw=$epw jobs=$jobs writes/s @${bs}B"
-      row "$label" "$(printf %.0f "$wps")" "$(printf %.0f "$f")" "$r" 0.85 "$(verdict "$r" 0.85)"
-      row "      entries/s (cpu $(printf %.1f "$cpu") us/entry, p99 $(printf %.0f "$p99") us)" "$(printf %.0f "$eps")" "" "" "" ""
+      if [ "$jobs" -gt 1 ]; then
+        r=$(ratio "$eps" "$f")
+        label="(b) log r=$regions e=${entry}B jobs=$jobs entries/s @${bs}B"
+        row "$label" "$(printf %.0f "$eps")" "$(printf %.0f "$f")" "$r" 0.85 "$(verdict "$r" 0.85)"
+        row "      device writes/s (cpu $(printf %.1f "$cpu") us/entry, p99 $(printf %.0f "$p99") us)" "$(printf %.0f "$wps")" "" "" "" ""
+      else
+        r=$(ratio "$wps" "$f")
+        label="(b) log r=$regions e=${entry}B epw=$epw jobs=$jobs writes/s @${bs}B"
+        row "$label" "$(printf %.0f "$wps")" "$(printf %.0f "$f")" "$r" 0.85 "$(verdict "$r" 0.85)"
+        row "      entries/s (cpu $(printf %.1f "$cpu") us/entry, p99 $(printf %.0f "$p99") us)" "$(printf %.0f "$eps")" "" "" "" ""
+      fi
     done
   done
 done
@@ -217,13 +246,17 @@ if [[ $rows == *d* ]]; then
     read -r regions jobs fixed <<<"$spec"
     goal=1 # ($target is the scratch file)
     [ "$jobs" -gt 1 ] && goal=2
-    bb_json='{}' ref_json='{}'
+    bb_json='{}' ref_json='{}' gb_json='{}'
     for ((i = 0; i < repeat; i++)); do
       run=$(bb_log "$regions" 256 1 "$jobs")
       bb_json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$bb_json $run")
       if [ -n "$ref_bin" ]; then
         run=$(ref_log "$regions" 256 1 "$jobs")
         ref_json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$ref_json $run")
+      fi
+      if [ "$jobs" -gt 1 ]; then
+        run=$(gather_run "$jobs")
+        gb_json=$(jq -c -s 'max_by(.entries_per_s // 0)' <<<"$gb_json $run")
       fi
     done
     eps=$(jq '.entries_per_s // 0' <<<"$bb_json")
@@ -256,6 +289,12 @@ if [[ $rows == *d* ]]; then
       row "      vs fio, $jobs synced 4KiB writers on their own" "$(printf %.0f "$eps")" "$(printf %.0f "$many")" "$(ratio "$eps" "$many")" "" ""
       row "      bound: $jobs x fio 1 writer ($(printf %.0f "$one")/s)" "$(printf %.0f "$eps")" "$bound" "$(ratio "$eps" "$bound")" "" ""
       row "      ${goal}x raft-engine as a share of that bound" "$(awk -v e="$ref_eps" -v g="$goal" 'BEGIN { printf "%.0f", e * g }')" "$bound" "$(ratio "$(awk -v e="$ref_eps" -v g="$goal" 'BEGIN { print e * g }')" "$bound")" "" ""
+      # The ceiling with threads: $jobs writer threads gathered into one write in flight with
+      # no log at all (gather_bound); the scheduler's wake-ups, not the device, set it.
+      gb=$(jq '.entries_per_s // 0' <<<"$gb_json")
+      gb_cpu=$(jq '.cpu_us_per_entry // 0' <<<"$gb_json")
+      row "      bound: $jobs threads gathered, no log (gather_bound)" "$(printf %.0f "$eps")" "$(printf %.0f "$gb")" "$(ratio "$eps" "$gb")" "" ""
+      row "      that bound vs raft-engine (cpu $(printf %.1f "$gb_cpu") us/entry)" "$(printf %.0f "$gb")" "$(printf %.0f "$ref_eps")" "$(ratio "$gb" "$ref_eps")" "$goal" "$(verdict "$(ratio "$gb" "$ref_eps")" "$goal")"
     fi
   done
   if [ -z "$ref_bin" ]; then
