@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use engine::io::sim::SimIo;
-use engine::io::{BufPool, Completion, Geometry, Io, IoError, IoOp};
 use engine::log::{LogBatch, LogConfig, LogStore, LogWriterThread};
 use log_harness::*;
 use raftlog::Entry;
@@ -31,53 +30,6 @@ fn entry(region: u64, index: u64) -> Entry {
     )
 }
 
-/// The sim device, which refuses every operation once the power is cut: nothing written after
-/// the cut may reach the disk the recovery reads.
-struct CutIo {
-    inner: SharedSim,
-    cut: Arc<AtomicBool>,
-}
-
-impl CutIo {
-    fn check(&self) -> Result<(), IoError> {
-        if self.cut.load(Ordering::SeqCst) {
-            Err(IoError::Injected("power cut"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl Io for CutIo {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn submit(&mut self, op: IoOp) -> Result<(), IoError> {
-        self.check()?;
-        self.inner.submit(op)
-    }
-    fn kick(&mut self) -> Result<(), IoError> {
-        self.check()?;
-        self.inner.kick()
-    }
-    fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, IoError> {
-        self.check()?;
-        self.inner.reap(out, min_complete)
-    }
-    fn in_flight(&self) -> usize {
-        self.inner.in_flight()
-    }
-    fn queue_depth(&self) -> usize {
-        self.inner.queue_depth()
-    }
-    fn pool(&mut self) -> &mut BufPool {
-        self.inner.pool()
-    }
-    fn backend_name(&self) -> &'static str {
-        "sim"
-    }
-}
-
 fn one_run(seed: u64) {
     let sim: Arc<Mutex<SimIo>> = sim_store(seed, 512, 256 * 1024, 16);
     let cut = Arc::new(AtomicBool::new(false));
@@ -88,10 +40,8 @@ fn one_run(seed: u64) {
         batch_bytes_max: 64 * 1024,
         durable_writes: false,
     };
-    let io = CutIo {
-        inner: SharedSim::new(Arc::clone(&sim)),
-        cut: Arc::clone(&cut),
-    };
+    // Nothing the writer thread does after the cut may reach the disk the recovery reads.
+    let io = SharedSim::new(Arc::clone(&sim)).cut_by(Arc::clone(&cut));
     let (store, _) = LogStore::open(Box::new(io), config).expect("open");
     let writer = LogWriterThread::spawn(store).expect("spawn");
     let mut rng = Rng(seed ^ 0x7c3);

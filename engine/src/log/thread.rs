@@ -314,6 +314,9 @@ fn writer_loop(
         let wait = rx.is_empty();
         let acks = poll_logged(&mut store, wait);
         wake.waiting.store(false, Ordering::SeqCst);
+        if acks.is_empty() {
+            continue;
+        }
         appenders.clear();
         for a in acks {
             if let Some((cb, appender)) = callbacks.remove(&a.ticket.0) {
@@ -449,19 +452,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_sync_append_whose_acknowledgement_is_dropped_returns_an_error() {
-        let wake = gathering_wake();
+    /// A caller of `append_sync` waiting on its slot, as the writer thread sees it: the filler
+    /// of the slot, and the caller's thread.
+    fn waiting_append(wake: &Arc<WriterWake>) -> (SlotFiller, std::thread::JoinHandle<Result<()>>) {
         let slot: Arc<AckSlot> = Arc::new(AckSlot::default());
         let filler = SlotFiller {
             slot: Some(Arc::clone(&slot)),
-            wake: Arc::clone(&wake),
+            wake: Arc::clone(wake),
         };
+        wake.sync.waiting.fetch_add(1, Ordering::SeqCst); // as `append_sync` counts itself
         let waiter = {
-            let wake = Arc::clone(&wake);
+            let wake = Arc::clone(wake);
             std::thread::spawn(move || wait_for_slot(&wake.sync, slot))
         };
         std::thread::sleep(Duration::from_millis(20));
+        (filler, waiter)
+    }
+
+    #[test]
+    fn a_sync_append_whose_acknowledgement_is_dropped_returns_an_error() {
+        let wake = gathering_wake();
+        let (filler, waiter) = waiting_append(&wake);
         drop(filler); // the writer thread died with the callback unrun
         let result = waiter.join().unwrap();
         assert!(
@@ -473,17 +484,7 @@ mod tests {
     #[test]
     fn a_sync_append_returns_its_result() {
         let wake = gathering_wake();
-        let slot: Arc<AckSlot> = Arc::new(AckSlot::default());
-        let mut filler = SlotFiller {
-            slot: Some(Arc::clone(&slot)),
-            wake: Arc::clone(&wake),
-        };
-        let waiter = {
-            let wake = Arc::clone(&wake);
-            std::thread::spawn(move || wait_for_slot(&wake.sync, slot))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        wake.sync.waiting.fetch_add(1, Ordering::SeqCst); // as `append_sync` counts itself
+        let (mut filler, waiter) = waiting_append(&wake);
         filler.fill(Err(EngineError::Latched));
         drop(filler);
         wake.sync.wake_all();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -18,6 +19,8 @@ pub struct SharedSim {
     pub sim: Arc<Mutex<SimIo>>,
     pool: BufPool,
     geometry: Geometry,
+    /// Once set, every operation is refused: the power is off (see [`SharedSim::cut_by`]).
+    cut: Option<Arc<AtomicBool>>,
 }
 
 impl SharedSim {
@@ -28,6 +31,21 @@ impl SharedSim {
             sim,
             pool,
             geometry,
+            cut: None,
+        }
+    }
+
+    /// Refuses every operation once `cut` is set, so that nothing a store does after a power
+    /// cut (set it and call `SimIo::power_loss` under the sim's lock) reaches the disk.
+    pub fn cut_by(mut self, cut: Arc<AtomicBool>) -> SharedSim {
+        self.cut = Some(cut);
+        self
+    }
+
+    fn powered(&self) -> Result<(), IoError> {
+        match &self.cut {
+            Some(cut) if cut.load(Ordering::SeqCst) => Err(IoError::Injected("power cut")),
+            _ => Ok(()),
         }
     }
 }
@@ -37,12 +55,15 @@ impl Io for SharedSim {
         self.geometry
     }
     fn submit(&mut self, op: IoOp) -> Result<(), IoError> {
+        self.powered()?;
         self.sim.lock().unwrap().submit(op)
     }
     fn kick(&mut self) -> Result<(), IoError> {
+        self.powered()?;
         self.sim.lock().unwrap().kick()
     }
     fn reap(&mut self, out: &mut Vec<Completion>, min_complete: usize) -> Result<usize, IoError> {
+        self.powered()?;
         self.sim.lock().unwrap().reap(out, min_complete)
     }
     fn in_flight(&self) -> usize {
