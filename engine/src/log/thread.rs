@@ -282,7 +282,8 @@ fn writer_loop(
     let _entered = span.enter();
     let _ = wake.thread.set(std::thread::current());
     let mut callbacks: std::collections::HashMap<u64, (AckCallback, ThreadId)> = Default::default();
-    let mut appenders: Vec<ThreadId> = Vec::new();
+    // The distinct threads whose appends the last poll acknowledged.
+    let mut appenders: rustc_hash::FxHashSet<ThreadId> = Default::default();
     let mut open = true;
     loop {
         let idle = store.is_idle();
@@ -321,9 +322,7 @@ fn writer_loop(
         for a in acks {
             if let Some((cb, appender)) = callbacks.remove(&a.ticket.0) {
                 cb(a.result);
-                if !appenders.contains(&appender) {
-                    appenders.push(appender);
-                }
+                appenders.insert(appender);
             }
         }
         wake.sync.wake_all();
